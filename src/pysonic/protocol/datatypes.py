@@ -127,15 +127,19 @@ def deserialize_bytes(raw: bytes | memoryview, count: int, *, name: str = "") ->
     """
     view = memoryview(raw)
     total = len(view)
+    label = f"input '{name}': " if name else ""
+    if count < 0 or count * 4 > total:
+        # Every element needs a 4-byte length: checked before allocating ``count`` slots.
+        msg = (
+            f"{label}malformed BYTES tensor: shape holds {count} elements but the buffer "
+            f"has only {total} bytes (at least {4 * max(count, 0)} needed)"
+        )
+        raise InvalidArgumentError(msg)
     out = np.empty(count, dtype=object)
     pos = 0
-    label = f"input '{name}': " if name else ""
     for i in range(count):
         if pos + 4 > total:
-            msg = (
-                f"{label}malformed BYTES tensor: expected {count} elements, "
-                f"buffer ends after {i}"
-            )
+            msg = f"{label}malformed BYTES tensor: expected {count} elements, buffer ends after {i}"
             raise InvalidArgumentError(msg)
         (length,) = _LEN.unpack_from(view, pos)
         pos += 4
@@ -148,9 +152,6 @@ def deserialize_bytes(raw: bytes | memoryview, count: int, *, name: str = "") ->
         out[i] = bytes(view[pos : pos + length])
         pos += length
     if pos != total:
-        msg = (
-            f"{label}malformed BYTES tensor: {total - pos} trailing bytes after "
-            f"{count} elements"
-        )
+        msg = f"{label}malformed BYTES tensor: {total - pos} trailing bytes after {count} elements"
         raise InvalidArgumentError(msg)
     return out

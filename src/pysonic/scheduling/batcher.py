@@ -82,9 +82,7 @@ class DynamicBatcher:
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._timer = threading.Condition(self._lock)
-        self._queues: list[deque[PendingRequest]] = [
-            deque() for _ in range(config.priority_levels)
-        ]
+        self._queues: list[deque[PendingRequest]] = [deque() for _ in range(config.priority_levels)]
         self._delayed: deque[PendingRequest] = deque()
         self._level_counts = [0] * config.priority_levels
         self._queued = 0
@@ -103,13 +101,16 @@ class DynamicBatcher:
         """Start one thread per executor (and a timer thread when queue timeouts exist)."""
         for i, execute in enumerate(self._executors):
             t = threading.Thread(
-                target=self._instance_loop, args=(execute,), name=f"pysonic-{self.name}-{i}",
+                target=self._instance_loop,
+                args=(execute,),
+                name=f"pysonic-{self.name}-{i}",
                 daemon=True,
             )
             t.start()
             self._threads.append(t)
-        timer = threading.Thread(target=self._timer_loop, name=f"pysonic-{self.name}-timer",
-                                 daemon=True)
+        timer = threading.Thread(
+            target=self._timer_loop, name=f"pysonic-{self.name}-timer", daemon=True
+        )
         timer.start()
         self._threads.append(timer)
 
@@ -187,6 +188,21 @@ class DynamicBatcher:
                     self._timer.notify()
             self._work.notify()
 
+    def cancel(self, req: PendingRequest) -> bool:
+        """Drop ``req`` if it is still queued (its caller went away); True if it was dropped.
+
+        A request already running is left to finish; nobody is told about a dropped one."""
+        with self._lock:
+            if req.state is not _QUEUED and req.state is not _DELAYED:
+                return False
+            req.state = _DONE
+            self._level_counts[req.level - 1] -= 1
+            self._queued -= 1
+        if self.config.preserve_ordering:
+            with self._order_lock:  # keep the delivery sequence moving past the dropped one
+                self._finished[req.seq] = req
+        return True
+
     # ------------------------------------------------------------------ queue internals
     def _iter_live(self) -> Iterator[PendingRequest]:
         for q in self._queues:
@@ -230,10 +246,10 @@ class DynamicBatcher:
                     best = len(batch)
                 if rows >= target:
                     break
+        if best:  # the largest preferred prefix wins, even over a batch that overshot the target
+            return self._take(batch[:best]), None
         if rows >= target or blocked:
             return self._take(batch), None
-        if best:
-            return self._take(batch[:best]), None
         wake_at = head.enqueue_ns + cfg.max_queue_delay_ns
         if now >= wake_at or self._closed:
             return self._take(batch), None
@@ -303,7 +319,9 @@ class DynamicBatcher:
             self._on_execution(executed)
         self._complete(batch)
 
-    def _split(self, batch: list[PendingRequest], outputs: dict[str, np.ndarray], rows: int) -> None:
+    def _split(
+        self, batch: list[PendingRequest], outputs: dict[str, np.ndarray], rows: int
+    ) -> None:
         if len(batch) == 1:
             batch[0].outputs = outputs
             return

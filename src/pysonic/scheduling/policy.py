@@ -106,10 +106,11 @@ class BatcherConfig:
         )
 
     def level_of(self, priority: int) -> int:
-        """Map a request's priority (0 = default; values past the last level clamp) to a level."""
-        if priority <= 0:
+        """Map a request's priority to a level: 0, or a value past the last level, means the
+        default level (as Triton's ``InferenceRequest::SetPriority``)."""
+        if priority <= 0 or priority > self.priority_levels:
             return self.default_priority_level
-        return min(priority, self.priority_levels)
+        return priority
 
     def policy_for(self, level: int) -> QueuePolicy:
         return self.level_policies.get(level, self.default_policy)

@@ -1,0 +1,175 @@
+"""The ``pysonic`` command line: thin Typer commands over the packages.
+
+Example::
+
+    pysonic serve --model-repository model_repository --grpc-port 8001 --metrics-port 8002
+    pysonic demo
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from pysonic._version import __version__
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="pysonic",
+    help="SONIC inference as a service for HEP: a Triton-compatible server and tools.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console()
+
+
+def _setup_logging(verbose: int) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 0 else logging.INFO,
+        format="%(message)s",
+        datefmt="[%X]",
+        handlers=[RichHandler(console=Console(stderr=True), show_path=False)],
+    )
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"pysonic {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """pysonic: SONIC for Python."""
+
+
+@app.command()
+def serve(
+    model_repository: Annotated[
+        Path, typer.Option(help="Triton model repository directory.")
+    ] = Path("model_repository"),
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+    grpc_port: Annotated[int, typer.Option(help="gRPC port (0 = pick a free one).")] = 8001,
+    http_port: Annotated[
+        int | None, typer.Option(help="HTTP port (accepted; served once the HTTP frontend lands).")
+    ] = None,
+    metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port (0 = free).")] = 8002,
+    allow_metrics: Annotated[bool, typer.Option(help="Serve Prometheus metrics.")] = True,
+    strict_model_config: Annotated[
+        bool,
+        typer.Option(help="Require complete config.pbtxt files (no auto-complete from the model)."),
+    ] = False,
+    model_control_mode: Annotated[str, typer.Option(help="none | explicit")] = "none",
+    load_model: Annotated[
+        list[str] | None,
+        typer.Option(help="Model to load at startup in explicit mode ('*' = all); repeatable."),
+    ] = None,
+    exit_on_error: Annotated[
+        bool, typer.Option(help="Exit if a model fails to load at startup.")
+    ] = True,
+    grpc_max_message_bytes: Annotated[
+        int, typer.Option(help="Largest gRPC message accepted or sent.")
+    ] = 256 * 1024 * 1024,
+    max_queue_size: Annotated[
+        int,
+        typer.Option(
+            help="Cap on queued requests per model and priority level when config leaves it 0."
+        ),
+    ] = 16384,
+    drain_timeout: Annotated[
+        float, typer.Option(help="Seconds in-flight requests get to finish on shutdown.")
+    ] = 30.0,
+    log_verbose: Annotated[int, typer.Option(help="Verbose logging level (0 = info).")] = 0,
+) -> None:
+    """Serve a Triton model repository over Triton's gRPC protocol."""
+    from pysonic.server import Server, ServerOptions, StartupError
+    from pysonic.server.state import MODEL_CONTROL_MODES
+
+    _setup_logging(log_verbose)
+    if model_control_mode not in MODEL_CONTROL_MODES:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(MODEL_CONTROL_MODES)}", param_hint="--model-control-mode"
+        )
+    options = ServerOptions(
+        model_repository=model_repository,
+        host=host,
+        grpc_port=grpc_port,
+        http_port=http_port,
+        metrics_port=metrics_port if allow_metrics else None,
+        strict_model_config=strict_model_config,
+        model_control_mode=model_control_mode,
+        load_models=list(load_model or []),
+        exit_on_error=exit_on_error,
+        grpc_max_message_bytes=grpc_max_message_bytes,
+        queue_cap=max_queue_size,
+        drain_timeout=drain_timeout,
+    )
+    try:
+        asyncio.run(Server(options).serve())
+    except StartupError as err:
+        logging.getLogger("pysonic").error("%s", err.message)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def demo(
+    model_repository: Annotated[Path, typer.Option(help="Model repository to serve.")] = Path(
+        "model_repository"
+    ),
+    repeats: Annotated[int, typer.Option(help="Timed calls per model and batch size.")] = 30,
+) -> None:
+    """Start a local server on the bundled models, run real requests, compare with direct."""
+    from pysonic.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING)
+    if not model_repository.is_dir():
+        console.print(
+            f"[red]model repository {model_repository} not found[/red] "
+            "(run from the pysonic checkout or pass --model-repository)"
+        )
+        raise typer.Exit(2)
+    with console.status("starting a local pysonic server and running requests..."):
+        rows = run_demo(model_repository, repeats=repeats)
+    table = Table(title="pysonic demo: tritonclient -> local pysonic server vs direct onnxruntime")
+    for col in (
+        "model",
+        "batch",
+        "served p50 (ms)",
+        "direct p50 (ms)",
+        "direct/served",
+        "max |diff|",
+        "result",
+    ):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for r in rows:
+        table.add_row(
+            r.model,
+            str(r.batch),
+            f"{r.served_ms:.3f}",
+            f"{r.direct_ms:.3f}",
+            f"{r.served_over_direct:.2f}",
+            f"{r.max_abs_diff:.2e}",
+            "[green]OK[/green]" if r.ok else "[red]MISMATCH[/red]",
+        )
+    console.print(table)
+    if not rows or not all(r.ok for r in rows):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()

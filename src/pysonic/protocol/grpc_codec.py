@@ -1,0 +1,173 @@
+"""gRPC (KServe v2 + Triton) messages <-> :mod:`pysonic.protocol.types`.
+
+Decoding is zero-copy for raw contents: each ``raw_input_contents`` entry is read once and viewed
+with ``np.frombuffer`` after its size has been checked against the declared shape and datatype.
+Typed ``contents`` (``fp32_contents``, ...) are accepted too, as Triton does. Every problem is an
+``InvalidArgumentError`` naming the tensor with expected vs got.
+
+Example::
+
+    req = decode_infer_request(model_infer_request)
+    msg = encode_infer_response(response)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from tritonclient.grpc import service_pb2
+
+from pysonic.errors import InvalidArgumentError, PysonicError, UnimplementedError
+from pysonic.protocol.datatypes import BYTES, deserialize_bytes, serialize_bytes, to_numpy_dtype
+from pysonic.protocol.types import InferRequest, InferResponse, InferTensor, RequestedOutput
+
+__all__ = ["decode_infer_request", "decode_parameters", "encode_infer_response"]
+
+_CONTENT_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_SHM_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+
+
+def decode_parameters(params: Any) -> dict[str, Any]:
+    """A protobuf ``map<string, InferParameter>`` as a plain dict."""
+    out: dict[str, Any] = {}
+    for key, p in params.items():
+        which = p.WhichOneof("parameter_choice")
+        out[key] = getattr(p, which) if which else None
+    return out
+
+
+def decode_infer_request(msg: service_pb2.ModelInferRequest) -> InferRequest:
+    """Decode a ``ModelInferRequest``; tensors are views over the message's bytes."""
+    raw = msg.raw_input_contents
+    n_raw = len(raw)
+    n_inputs = len(msg.inputs)
+    if n_raw and n_raw != n_inputs:
+        msg_ = f"expected raw_input_contents for all {n_inputs} inputs or none, got {n_raw}"
+        raise InvalidArgumentError(msg_)
+    inputs: list[InferTensor] = []
+    for i, t in enumerate(msg.inputs):
+        params = decode_parameters(t.parameters) if t.parameters else {}
+        if any(k in params for k in _SHM_KEYS):
+            err = f"input '{t.name}': shared-memory inputs are not supported by this server yet"
+            raise UnimplementedError(err)
+        shape = tuple(t.shape)
+        if any(d < 0 for d in shape):
+            err = f"input '{t.name}': shape {list(shape)} has a negative dimension"
+            raise InvalidArgumentError(err)
+        if n_raw:
+            data = _from_raw(t.name, t.datatype, shape, raw[i])
+        elif t.HasField("contents"):
+            data = _from_contents(t.name, t.datatype, shape, t.contents)
+        else:
+            err = f"input '{t.name}': no data (neither raw_input_contents nor contents given)"
+            raise InvalidArgumentError(err)
+        inputs.append(InferTensor(t.name, t.datatype, shape, data, params))
+    outputs = []
+    for o in msg.outputs:
+        oparams = decode_parameters(o.parameters) if o.parameters else {}
+        if any(k in oparams for k in _SHM_KEYS):
+            err = f"output '{o.name}': shared-memory outputs are not supported by this server yet"
+            raise UnimplementedError(err)
+        outputs.append(RequestedOutput(o.name, oparams))
+    return InferRequest(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        id=msg.id,
+        inputs=inputs,
+        outputs=outputs,
+        parameters=decode_parameters(msg.parameters) if msg.parameters else {},
+    )
+
+
+def _dtype(name: str, datatype: str) -> np.dtype:
+    try:
+        return to_numpy_dtype(datatype)
+    except PysonicError as err:
+        msg = f"input '{name}': {err.message}"
+        raise InvalidArgumentError(msg) from None
+
+
+def _from_raw(name: str, datatype: str, shape: tuple[int, ...], buf: bytes) -> np.ndarray:
+    count = math.prod(shape)
+    if datatype == BYTES:
+        return deserialize_bytes(buf, count, name=name).reshape(shape)
+    dtype = _dtype(name, datatype)
+    expected = count * dtype.itemsize
+    if len(buf) != expected:
+        msg = (
+            f"input '{name}': raw data has {len(buf)} bytes, expected {expected} "
+            f"for shape {list(shape)} of {datatype}"
+        )
+        raise InvalidArgumentError(msg)
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def _from_contents(
+    name: str, datatype: str, shape: tuple[int, ...], contents: service_pb2.InferTensorContents
+) -> np.ndarray:
+    dtype = _dtype(name, datatype)
+    field = _CONTENT_FIELD.get(datatype)
+    if field is None:
+        msg = f"input '{name}': datatype {datatype} can only be sent as raw_input_contents"
+        raise InvalidArgumentError(msg)
+    values = getattr(contents, field)
+    count = math.prod(shape)
+    if len(values) != count:
+        msg = (
+            f"input '{name}': {field} holds {len(values)} elements, expected {count} "
+            f"for shape {list(shape)}"
+        )
+        raise InvalidArgumentError(msg)
+    if datatype == BYTES:
+        out = np.empty(count, dtype=object)
+        out[:] = list(values)
+        return out.reshape(shape)
+    try:
+        return np.fromiter(values, dtype=dtype, count=count).reshape(shape)
+    except (OverflowError, ValueError) as err:
+        msg = f"input '{name}': {field} value out of range for {datatype}: {err}"
+        raise InvalidArgumentError(msg) from None
+
+
+def encode_infer_response(resp: InferResponse) -> service_pb2.ModelInferResponse:
+    """Encode outputs as raw contents (one copy per tensor, forced by protobuf's bytes field)."""
+    msg = service_pb2.ModelInferResponse(
+        model_name=resp.model_name, model_version=resp.model_version, id=resp.id
+    )
+    raws = []
+    for t in resp.outputs:
+        out = msg.outputs.add()
+        out.name = t.name
+        out.datatype = t.datatype
+        out.shape.extend(t.shape)
+        raws.append(serialize_bytes(t.data) if t.datatype == BYTES else t.data.tobytes())
+    msg.raw_output_contents.extend(raws)
+    for key, value in resp.parameters.items():
+        _set_parameter(msg.parameters[key], value)
+    return msg
+
+
+def _set_parameter(p: service_pb2.InferParameter, value: Any) -> None:
+    if isinstance(value, bool):
+        p.bool_param = value
+    elif isinstance(value, int):
+        p.int64_param = value
+    elif isinstance(value, float):
+        p.double_param = value
+    else:
+        p.string_param = str(value)

@@ -1,0 +1,183 @@
+"""The server process: startup -> serve -> shutdown, on one asyncio loop.
+
+Startup loads the models (readiness stays false until they are loaded), binds the gRPC listener
+and the Prometheus endpoint (port 0 picks a free port; the chosen ports are logged and exposed as
+attributes). Shutdown (SIGINT/SIGTERM or :meth:`Server.stop`) turns readiness off, refuses new
+requests, lets in-flight ones finish within the grace period, drains the model queues, and closes.
+
+Example::
+
+    async with Server(ServerOptions(model_repository=Path("model_repository"), grpc_port=0)) as s:
+        print(s.grpc_port)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+from prometheus_client import CollectorRegistry, start_http_server
+from tritonclient.grpc import service_pb2_grpc
+
+from pysonic.errors import PysonicError
+from pysonic.repository import ModelRepository
+from pysonic.scheduling import DEFAULT_QUEUE_CAP
+from pysonic.server.core import InferenceCore
+from pysonic.server.grpc_service import InferenceServicer
+from pysonic.server.metrics import TritonMetricsCollector
+from pysonic.server.state import ServerState
+
+__all__ = ["Server", "ServerOptions", "StartupError"]
+
+log = logging.getLogger("pysonic.server")
+
+
+class StartupError(PysonicError):
+    """The server could not start (a model failed to load, a port was taken)."""
+
+
+@dataclass
+class ServerOptions:
+    """Server settings; names follow tritonserver's options where they exist."""
+
+    model_repository: Path = Path("model_repository")
+    host: str = "0.0.0.0"
+    grpc_port: int = 8001
+    http_port: int | None = None
+    metrics_port: int | None = 8002
+    strict_model_config: bool = False
+    model_control_mode: str = "none"
+    load_models: list[str] = field(default_factory=list)
+    exit_on_error: bool = True
+    grpc_max_message_bytes: int = 256 * 1024 * 1024
+    queue_cap: int = DEFAULT_QUEUE_CAP
+    drain_timeout: float = 30.0
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+class Server:
+    """A pysonic server: gRPC frontend + metrics over an :class:`InferenceCore`."""
+
+    def __init__(self, options: ServerOptions) -> None:
+        self.options = options
+        self.state = ServerState(model_control_mode=options.model_control_mode)
+        self.core = InferenceCore(
+            ModelRepository(Path(options.model_repository), strict=options.strict_model_config),
+            queue_cap=options.queue_cap,
+            drain_timeout=options.drain_timeout,
+        )
+        self.grpc_port = 0
+        self.metrics_port = 0
+        self._grpc: grpc.aio.Server | None = None
+        self._metrics = None
+        self._stopping: asyncio.Event | None = None
+
+    async def start(self) -> None:
+        opts = self.options
+        self._stopping = asyncio.Event()
+        if opts.model_control_mode == "explicit":
+            names = None if "*" in opts.load_models else list(opts.load_models)
+            if names is None:
+                names = self.core.repository.model_names()
+        else:
+            names = self.core.repository.model_names()
+        failed = await self.core.start(names)
+        if failed and opts.exit_on_error:
+            await self.core.shutdown()
+            msg = f"failed to load model(s): {', '.join(failed)} (see the log above)"
+            raise StartupError(msg)
+        self._grpc = grpc.aio.server(
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", opts.grpc_max_message_bytes),
+                ("grpc.max_send_message_length", opts.grpc_max_message_bytes),
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+            ]
+        )
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.core, self.state), self._grpc
+        )
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(_address(opts.host, opts.grpc_port))
+        except RuntimeError as err:
+            self.grpc_port = 0
+            bind_error: Exception | None = err
+        else:
+            bind_error = None
+        if self.grpc_port == 0:
+            await self.core.shutdown()
+            msg = f"cannot bind gRPC to {_address(opts.host, opts.grpc_port)} (port in use?)"
+            raise StartupError(msg) from bind_error
+        await self._grpc.start()
+        if opts.metrics_port is not None:
+            registry = CollectorRegistry()
+            registry.register(TritonMetricsCollector(self.core))
+            self._metrics, _ = start_http_server(opts.metrics_port, opts.host, registry=registry)
+            self.metrics_port = self._metrics.server_port
+        if opts.http_port is not None:
+            log.warning(
+                "--http-port %s accepted; the HTTP frontend is not implemented yet", opts.http_port
+            )
+        self.state.ready = True
+        log.info(
+            "pysonic serving %d model(s): gRPC on %s, metrics on %s",
+            sum(1 for r in self.core.models.values() if r.versions),
+            _address(opts.host, self.grpc_port),
+            _address(opts.host, self.metrics_port) if self._metrics else "off",
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Readiness off, refuse new work, finish in-flight requests, drain, close."""
+        grace = self.options.drain_timeout if grace is None else grace
+        self.state.ready = False
+        self.state.accepting = False
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+            self._grpc = None
+        await self.core.shutdown()
+        if self._metrics is not None:
+            self._metrics.shutdown()
+            self._metrics.server_close()
+            self._metrics = None
+        self.state.live = False
+        if self._stopping is not None:
+            self._stopping.set()
+        log.info("pysonic server stopped")
+
+    def request_stop(self) -> None:
+        if self._stopping is not None:
+            self._stopping.set()
+
+    async def serve(self) -> None:
+        """Run until SIGINT/SIGTERM, then shut down gracefully."""
+        await self.start()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.request_stop)
+        assert self._stopping is not None
+        await self._stopping.wait()
+        log.info("shutting down: finishing in-flight requests")
+        await self.stop()
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,279 @@
+"""Triton's ``GRPCInferenceService`` on grpc.aio: thin handlers over :class:`InferenceCore`.
+
+Every handler maps ``PysonicError`` to its gRPC status through :func:`pysonic.errors.grpc_status`;
+anything else becomes INTERNAL and is logged once with the request id. RPCs this server does not
+provide (shared memory, trace, logging settings) answer UNIMPLEMENTED with a message.
+
+Example::
+
+    server = grpc.aio.server()
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(core, state), server
+    )
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from pysonic._version import __version__
+from pysonic.errors import (
+    PysonicError,
+    UnavailableError,
+    UnimplementedError,
+    grpc_status,
+)
+from pysonic.protocol.grpc_codec import (
+    decode_infer_request,
+    decode_parameters,
+    encode_infer_response,
+)
+from pysonic.server.core import InferenceCore
+from pysonic.server.state import ServerState
+
+__all__ = ["EXTENSIONS", "InferenceServicer"]
+
+log = logging.getLogger(__name__)
+
+#: Triton protocol extensions this server really implements (ServerMetadata.extensions).
+EXTENSIONS = ["model_repository", "schedule_policy", "model_configuration", "statistics"]
+
+#: In-flight requests per ModelStreamInfer stream (reading pauses past this).
+STREAM_WINDOW = 1024
+
+T = TypeVar("T")
+
+
+def _rpc(
+    empty: Callable[[], T],
+) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    """Map errors to statuses in one place; answer an empty ``empty()`` with the status set."""
+    return functools.partial(_wrap, empty=empty)
+
+
+def _wrap(fn: Callable[..., Awaitable[T]], empty: Callable[[], T]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(fn)
+    async def handler(self: InferenceServicer, request: Any, context: Any) -> Any:
+        try:
+            return await fn(self, request, context)
+        except PysonicError as err:
+            context.set_code(grpc_status(err))
+            context.set_details(err.message)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            rid = getattr(request, "id", "")
+            log.exception("internal error in %s (request id %r)", fn.__name__, rid)
+            context.set_code(grpc.StatusCode.INTERNAL)
+            context.set_details(f"internal error in {fn.__name__}; see the server log")
+        return empty()
+
+    return handler
+
+
+class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    """KServe v2 / Triton gRPC endpoints."""
+
+    def __init__(self, core: InferenceCore, state: ServerState) -> None:
+        self.core = core
+        self.state = state
+
+    # ------------------------------------------------------------------ health & metadata
+    @_rpc(service_pb2.ServerLiveResponse)
+    async def ServerLive(self, request: Any, context: Any) -> service_pb2.ServerLiveResponse:
+        return service_pb2.ServerLiveResponse(live=self.state.live)
+
+    @_rpc(service_pb2.ServerReadyResponse)
+    async def ServerReady(self, request: Any, context: Any) -> service_pb2.ServerReadyResponse:
+        return service_pb2.ServerReadyResponse(ready=self.state.ready and self.core.ready)
+
+    @_rpc(service_pb2.ServerMetadataResponse)
+    async def ServerMetadata(
+        self, request: Any, context: Any
+    ) -> service_pb2.ServerMetadataResponse:
+        return service_pb2.ServerMetadataResponse(
+            name="pysonic", version=__version__, extensions=EXTENSIONS
+        )
+
+    @_rpc(service_pb2.ModelReadyResponse)
+    async def ModelReady(self, request: Any, context: Any) -> service_pb2.ModelReadyResponse:
+        try:
+            self.core.get_version(request.name, request.version)
+        except PysonicError:
+            return service_pb2.ModelReadyResponse(ready=False)
+        return service_pb2.ModelReadyResponse(ready=self.state.ready)
+
+    @_rpc(service_pb2.ModelMetadataResponse)
+    async def ModelMetadata(self, request: Any, context: Any) -> service_pb2.ModelMetadataResponse:
+        mv = self.core.get_version(request.name, request.version)
+        record = self.core.models[mv.name]
+        batch = [-1] if mv.max_batch_size > 0 else []
+        msg = service_pb2.ModelMetadataResponse(
+            name=mv.name,
+            versions=[str(v) for v in sorted(record.versions)],
+            platform=mv.config.platform or mv.config.backend,
+        )
+        for spec, target in ((mv.inputs, msg.inputs), (mv.outputs, msg.outputs)):
+            for s in spec.values():
+                target.add(name=s.name, datatype=s.datatype, shape=batch + list(s.dims))
+        return msg
+
+    @_rpc(service_pb2.ModelConfigResponse)
+    async def ModelConfig(self, request: Any, context: Any) -> service_pb2.ModelConfigResponse:
+        mv = self.core.get_version(request.name, request.version)
+        return service_pb2.ModelConfigResponse(config=mv.config)
+
+    @_rpc(service_pb2.ModelStatisticsResponse)
+    async def ModelStatistics(
+        self, request: Any, context: Any
+    ) -> service_pb2.ModelStatisticsResponse:
+        msg = service_pb2.ModelStatisticsResponse()
+        if request.name:
+            if request.version:
+                versions = [self.core.get_version(request.name, request.version)]
+            else:
+                self.core.get_version(request.name)  # NotFound / Unavailable if not loaded
+                versions = list(self.core.models[request.name].versions.values())
+        else:
+            versions = [v for r in self.core.models.values() for v in r.versions.values()]
+        msg.model_stats.extend(v.stats.to_proto() for v in versions)
+        return msg
+
+    # ------------------------------------------------------------------ repository
+    @_rpc(service_pb2.RepositoryIndexResponse)
+    async def RepositoryIndex(
+        self, request: Any, context: Any
+    ) -> service_pb2.RepositoryIndexResponse:
+        msg = service_pb2.RepositoryIndexResponse()
+        names = sorted(set(self.core.repository.model_names()) | set(self.core.models))
+        for name in names:
+            record = self.core.models.get(name)
+            if record is not None and record.versions:
+                for v in sorted(record.versions):
+                    msg.models.add(name=name, version=str(v), state=record.state)
+            elif not request.ready:
+                state = record.state if record is not None else "UNAVAILABLE"
+                reason = record.reason if record is not None else "not loaded"
+                msg.models.add(name=name, state=state, reason=reason)
+        return msg
+
+    @_rpc(service_pb2.RepositoryModelLoadResponse)
+    async def RepositoryModelLoad(
+        self, request: Any, context: Any
+    ) -> service_pb2.RepositoryModelLoadResponse:
+        self.state.check_model_control("load")
+        if request.parameters and any(
+            k == "config" or k.startswith("file:") for k in decode_parameters(request.parameters)
+        ):
+            raise UnimplementedError(
+                "loading with an override config or files is not supported yet"
+            )
+        await self.core.load(request.model_name)
+        return service_pb2.RepositoryModelLoadResponse()
+
+    @_rpc(service_pb2.RepositoryModelUnloadResponse)
+    async def RepositoryModelUnload(
+        self, request: Any, context: Any
+    ) -> service_pb2.RepositoryModelUnloadResponse:
+        self.state.check_model_control("unload")
+        await self.core.unload(request.model_name)
+        return service_pb2.RepositoryModelUnloadResponse()
+
+    # ------------------------------------------------------------------ inference
+    @_rpc(service_pb2.ModelInferResponse)
+    async def ModelInfer(self, request: Any, context: Any) -> service_pb2.ModelInferResponse:
+        if not self.state.accepting:
+            raise UnavailableError("server is shutting down")
+        response = await self.core.infer(decode_infer_request(request))
+        return encode_infer_response(response)
+
+    async def ModelStreamInfer(
+        self, request_iterator: AsyncIterator[Any], context: Any
+    ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
+        """Bidirectional stream: requests run concurrently, responses go out as they finish."""
+        out: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def one(request: Any) -> None:
+            try:
+                if not self.state.accepting:
+                    raise UnavailableError("server is shutting down")
+                resp = await self.core.infer(decode_infer_request(request))
+                await out.put(
+                    service_pb2.ModelStreamInferResponse(infer_response=encode_infer_response(resp))
+                )
+            except PysonicError as err:
+                await out.put(_stream_error(request, err.message))
+            except Exception:
+                log.exception("internal error in ModelStreamInfer (request id %r)", request.id)
+                await out.put(_stream_error(request, "internal error; see the server log"))
+            finally:
+                window.release()
+
+        async def reader() -> None:
+            try:
+                async for request in request_iterator:
+                    await window.acquire()
+                    task = asyncio.create_task(one(request))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                if tasks:
+                    await asyncio.gather(*tasks)
+            finally:
+                await out.put(None)
+
+        reading = asyncio.create_task(reader())
+        try:
+            while (item := await out.get()) is not None:
+                yield item
+        finally:
+            reading.cancel()
+            for t in list(tasks):
+                t.cancel()
+
+    # ------------------------------------------------------------------ not provided (yet)
+    async def _unimplemented(self, what: str, context: Any) -> None:
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented by this server"
+        )
+
+    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> None:
+        await self._unimplemented("system shared memory", context)
+
+    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> None:
+        await self._unimplemented("system shared memory", context)
+
+    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> None:
+        await self._unimplemented("system shared memory", context)
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> None:
+        await self._unimplemented("CUDA shared memory", context)
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> None:
+        await self._unimplemented("CUDA shared memory", context)
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> None:
+        await self._unimplemented("CUDA shared memory", context)
+
+    async def TraceSetting(self, request: Any, context: Any) -> None:
+        await self._unimplemented("trace settings", context)
+
+    async def LogSettings(self, request: Any, context: Any) -> None:
+        await self._unimplemented("log settings", context)
+
+
+def _stream_error(request: Any, message: str) -> service_pb2.ModelStreamInferResponse:
+    return service_pb2.ModelStreamInferResponse(
+        error_message=message,
+        infer_response=service_pb2.ModelInferResponse(
+            model_name=request.model_name, model_version=request.model_version, id=request.id
+        ),
+    )

@@ -1,0 +1,260 @@
+"""A loaded model version: its config, backend instances, batcher and statistics.
+
+``prepare`` checks a decoded request against the model's configuration (names, datatypes, shapes,
+batch size) and turns it into a :class:`PendingRequest` whose inputs are in config order, so the
+batcher can concatenate without looking names up. ``respond`` picks the requested outputs.
+
+Example::
+
+    version = ModelVersion.load(definition, 1)
+    pending = version.prepare(request)
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tritonclient.grpc import model_config_pb2
+
+from pysonic.backends import InstanceSpec, load_backend_class
+from pysonic.backends.base import Backend
+from pysonic.errors import InternalError, InvalidArgumentError, ModelConfigError
+from pysonic.protocol.datatypes import config_to_wire
+from pysonic.protocol.types import InferRequest, InferResponse, InferTensor
+from pysonic.scheduling import BatcherConfig, DynamicBatcher, PendingRequest
+from pysonic.server.stats import ModelStats
+
+__all__ = ["ModelVersion", "TensorSpec", "backend_name"]
+
+_KIND = model_config_pb2.ModelInstanceGroup.Kind
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """A config input/output: wire datatype, dims without the batch axis, optional reshape."""
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+    reshape: tuple[int, ...] | None = None
+    optional: bool = False
+
+    @classmethod
+    def from_config(
+        cls, t: model_config_pb2.ModelInput | model_config_pb2.ModelOutput
+    ) -> TensorSpec:
+        reshape = tuple(t.reshape.shape) if t.HasField("reshape") else None
+        optional = bool(getattr(t, "optional", False))
+        datatype = config_to_wire(model_config_pb2.DataType.Name(t.data_type))
+        return cls(t.name, datatype, tuple(t.dims), reshape, optional)
+
+    def matches(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) == len(self.dims) and all(
+            d == -1 or d == s for d, s in zip(self.dims, shape, strict=True)
+        )
+
+
+def backend_name(config: model_config_pb2.ModelConfig) -> str:
+    """The backend a config asks for (``backend``, else the legacy ``platform``)."""
+    from pysonic.backends import PLATFORM_TO_BACKEND
+
+    if config.backend:
+        return config.backend
+    if config.platform in PLATFORM_TO_BACKEND:
+        return PLATFORM_TO_BACKEND[config.platform]
+    msg = f"model '{config.name}': config names no backend or known platform"
+    raise ModelConfigError(msg)
+
+
+class ModelVersion:
+    """One version of one model, ready to serve."""
+
+    def __init__(
+        self,
+        config: model_config_pb2.ModelConfig,
+        version: int,
+        backends: list[Backend],
+        stats: ModelStats,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.version = version
+        self.version_str = str(version)
+        self.backends = backends
+        self.stats = stats
+        self.max_batch_size = config.max_batch_size
+        self.inputs = {t.name: TensorSpec.from_config(t) for t in config.input}
+        self.outputs = {t.name: TensorSpec.from_config(t) for t in config.output}
+        self.required = [n for n, s in self.inputs.items() if not s.optional]
+        self.batcher: DynamicBatcher | None = None
+
+    @classmethod
+    def load(cls, config: model_config_pb2.ModelConfig, version: int, path: Path) -> ModelVersion:
+        """Create every backend instance (blocking: call it from a worker thread)."""
+        if config.HasField("sequence_batching") or config.HasField("ensemble_scheduling"):
+            msg = f"model '{config.name}': sequence batching and ensembles are not supported yet"
+            raise ModelConfigError(msg)
+        backend_cls = load_backend_class(backend_name(config))
+        groups = list(config.instance_group) or [model_config_pb2.ModelInstanceGroup(count=1)]
+        placements: list[tuple[str, int]] = []
+        for g in groups:
+            kind = _KIND.Name(g.kind)
+            gpus = list(g.gpus) or [0]
+            devices = gpus if kind == "KIND_GPU" else [0]
+            placements.extend((kind, gpu) for _ in range(max(g.count, 1)) for gpu in devices)
+        backends: list[Backend] = []
+        try:
+            for i, (kind, gpu) in enumerate(placements):
+                spec = InstanceSpec(
+                    model_name=config.name,
+                    version=version,
+                    version_path=path,
+                    config=config,
+                    kind=kind,
+                    device_id=gpu,
+                    instance_index=i,
+                    instance_count=len(placements),
+                )
+                backends.append(backend_cls(spec))
+        except BaseException:
+            for b in backends:
+                b.close()
+            raise
+        return cls(config, version, backends, ModelStats(config.name, version))
+
+    def start(self, deliver, queue_cap: int) -> None:
+        self.batcher = DynamicBatcher(
+            BatcherConfig.from_model_config(self.config, queue_cap=queue_cap),
+            [b.execute for b in self.backends],
+            deliver,
+            on_execution=self.stats.record_execution,
+            name=f"{self.name}/{self.version}",
+        )
+        self.batcher.start()
+
+    def stop(self, timeout: float) -> None:
+        if self.batcher is not None:
+            self.batcher.stop(timeout)
+        for b in self.backends:
+            b.close()
+
+    # ------------------------------------------------------------------ request path
+    def prepare(self, req: InferRequest) -> PendingRequest:
+        """Validate ``req`` against the config; raise InvalidArgumentError naming the tensor."""
+        given = {t.name: t for t in req.inputs}
+        if len(given) != len(req.inputs):
+            msg = f"model '{self.name}': an input name appears more than once in the request"
+            raise InvalidArgumentError(msg)
+        for name in given:
+            if name not in self.inputs:
+                hint = difflib.get_close_matches(name, self.inputs, n=1)
+                extra = f"; did you mean '{hint[0]}'?" if hint else ""
+                msg = (
+                    f"unexpected inference input '{name}' for model '{self.name}' "
+                    f"(expected: {', '.join(self.inputs)}){extra}"
+                )
+                raise InvalidArgumentError(msg)
+        missing = [n for n in self.required if n not in given]
+        if missing:
+            msg = (
+                f"model '{self.name}' expects {len(self.required)} inputs, got {len(given)}: "
+                f"missing {', '.join(repr(m) for m in missing)}"
+            )
+            raise InvalidArgumentError(msg)
+        batched = self.max_batch_size > 0
+        rows = -1
+        inputs: dict[str, np.ndarray] = {}
+        for name, spec in self.inputs.items():
+            t = given.get(name)
+            if t is None:
+                continue
+            rows = self._check_tensor(spec, t, rows)
+            data = t.data
+            if spec.reshape is not None:
+                new_shape = ((rows,) if batched else ()) + spec.reshape
+                data = data.reshape(_resolve(new_shape, data.size, name))
+            inputs[name] = data
+        key = tuple(a.shape[1:] if batched else a.shape for a in inputs.values())
+        return PendingRequest(inputs=inputs, rows=max(rows, 1), shape_key=key)
+
+    def _check_tensor(self, spec: TensorSpec, t: InferTensor, rows: int) -> int:
+        if t.datatype != spec.datatype:
+            msg = (
+                f"input '{t.name}' of model '{self.name}': expected datatype "
+                f"{spec.datatype}, got {t.datatype}"
+            )
+            raise InvalidArgumentError(msg)
+        shape = t.shape
+        if self.max_batch_size > 0:
+            if not shape:
+                msg = f"input '{t.name}' of model '{self.name}': missing the batch dimension"
+                raise InvalidArgumentError(msg)
+            batch, shape = shape[0], shape[1:]
+            if batch < 1 or batch > self.max_batch_size:
+                msg = (
+                    f"input '{t.name}' of model '{self.name}': batch size {batch} is outside "
+                    f"[1, max_batch_size={self.max_batch_size}]"
+                )
+                raise InvalidArgumentError(msg)
+            if rows not in (-1, batch):
+                msg = (
+                    f"input '{t.name}' of model '{self.name}': batch size {batch} differs "
+                    f"from the other inputs' {rows}"
+                )
+                raise InvalidArgumentError(msg)
+            rows = batch
+        if not spec.matches(shape):
+            prefix = "[-1] + " if self.max_batch_size > 0 else ""
+            msg = (
+                f"input '{t.name}' of model '{self.name}': expected shape "
+                f"{prefix}{list(spec.dims)}, got {list(t.shape)}"
+            )
+            raise InvalidArgumentError(msg)
+        return rows
+
+    def respond(self, req: InferRequest, pending: PendingRequest) -> InferResponse:
+        """Build the response from the batch's outputs (views), honouring requested outputs.
+
+        Requested names were checked by :meth:`check_requested_outputs` before queueing."""
+        produced = pending.outputs or {}
+        names = [o.name for o in req.outputs] if req.outputs else list(self.outputs)
+        outputs = []
+        for name in names:
+            arr = produced.get(name)
+            if arr is None:
+                msg = f"model '{self.name}' did not produce its configured output '{name}'"
+                raise InternalError(msg)
+            spec = self.outputs[name]
+            if spec.reshape is not None:
+                lead = (arr.shape[0],) if self.max_batch_size > 0 else ()
+                arr = arr.reshape(_resolve(lead + spec.dims, arr.size, name))
+            outputs.append(InferTensor(name, spec.datatype, arr.shape, arr))
+        return InferResponse(self.name, self.version_str, outputs, id=req.id)
+
+    def check_requested_outputs(self, req: InferRequest) -> None:
+        for o in req.outputs:
+            if o.name not in self.outputs:
+                hint = difflib.get_close_matches(o.name, self.outputs, n=1)
+                extra = f"; did you mean '{hint[0]}'?" if hint else ""
+                msg = (
+                    f"unexpected inference output '{o.name}' for model '{self.name}' "
+                    f"(outputs: {', '.join(self.outputs)}){extra}"
+                )
+                raise InvalidArgumentError(msg)
+
+
+def _resolve(shape: tuple[int, ...], size: int, name: str) -> tuple[int, ...]:
+    known = math.prod(d for d in shape if d != -1)
+    if -1 in shape:
+        if known == 0 or size % known:
+            msg = f"input '{name}': cannot reshape {size} elements to {list(shape)}"
+            raise InvalidArgumentError(msg)
+        return tuple(size // known if d == -1 else d for d in shape)
+    if known != size:
+        msg = f"input '{name}': cannot reshape {size} elements to {list(shape)}"
+        raise InvalidArgumentError(msg)
+    return shape
