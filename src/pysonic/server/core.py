@@ -71,7 +71,7 @@ class InferenceCore:
         targets = self.repository.model_names() if names is None else names
         failed = []
         for name in targets:
-            try:  # noqa: PERF203 - one load per model, errors collected
+            try:
                 await self.load(name)
             except PysonicError as err:
                 log.error("failed to load model '%s': %s", name, err.message)
