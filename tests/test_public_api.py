@@ -1,0 +1,53 @@
+"""The public names of each package facade: nothing leaks, nothing disappears by accident."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+EXPECTED = {
+    "pysonic": ["__version__"],
+    "pysonic.server": [
+        "EmbeddedServer",
+        "InferenceCore",
+        "Server",
+        "ServerOptions",
+        "ServerState",
+        "StartupError",
+    ],
+    "pysonic.scheduling": [
+        "DEFAULT_QUEUE_CAP",
+        "BatcherConfig",
+        "DynamicBatcher",
+        "ExecutedBatch",
+        "Executor",
+        "PendingRequest",
+        "QueuePolicy",
+        "RequestState",
+        "TimeoutAction",
+    ],
+    "pysonic.backends": [
+        "BUILTIN_BACKENDS",
+        "Backend",
+        "InstanceSpec",
+        "available_backends",
+        "load_backend_class",
+    ],
+}
+
+
+@pytest.mark.parametrize("module", sorted(EXPECTED))
+def test_exports(module: str) -> None:
+    mod = importlib.import_module(module)
+    assert sorted(mod.__all__) == sorted(EXPECTED[module])
+    for name in mod.__all__:
+        assert hasattr(mod, name), f"{module}.{name} is exported but missing"
+
+
+def test_version_single_source() -> None:
+    from importlib.metadata import version
+
+    import pysonic
+
+    assert version("pysonic") == pysonic.__version__
