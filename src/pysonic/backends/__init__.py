@@ -18,7 +18,13 @@ from importlib.metadata import entry_points
 from pysonic.backends.base import Backend, InstanceSpec
 from pysonic.errors import ModelConfigError
 
-__all__ = ["BUILTIN_BACKENDS", "Backend", "InstanceSpec", "available_backends", "load_backend_class"]
+__all__ = [
+    "BUILTIN_BACKENDS",
+    "Backend",
+    "InstanceSpec",
+    "available_backends",
+    "load_backend_class",
+]
 
 #: backend name (config.pbtxt ``backend``) -> "module:Class"
 BUILTIN_BACKENDS: dict[str, str] = {
