@@ -101,13 +101,17 @@ async def served_throughput(
 
         stop_at = time.perf_counter() + warmup
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
+        before = (await client.get_inference_statistics(model)).model_stats[0]
         measuring = True
         t_start = time.perf_counter()
         stop_at = t_start + seconds
         await asyncio.gather(*(worker(k) for k in range(concurrency)))
         elapsed = time.perf_counter() - t_start
         stats = (await client.get_inference_statistics(model)).model_stats[0]
-    batches = {b.batch_size: b.compute_infer.count for b in stats.batch_stats}
+    prior = {b.batch_size: b.compute_infer.count for b in before.batch_stats}
+    batches = {
+        b.batch_size: b.compute_infer.count - prior.get(b.batch_size, 0) for b in stats.batch_stats
+    }
     avg_batch = sum(k * v for k, v in batches.items()) / max(sum(batches.values()), 1)
     return {
         "batch": batch,
@@ -202,27 +206,98 @@ def main() -> None:
     rng = np.random.default_rng(0)
     dyn_batch = min(64, d.config.max_batch_size)
 
+    rounds = 2 if args.quick else 3
+    per = seconds / rounds
+    feeds_b = make_inputs(meta, args.batch, rng)
+    feeds_64 = make_inputs(meta, dyn_batch, rng)
+    runs: dict[str, list[dict]] = {
+        k: [] for k in ("direct_b", "served_b", "direct_64", "served_1", "direct_same")
+    }
     with ServerProcess(repo, args.model) as server:
         url = f"127.0.0.1:{server.port}"
-        direct_b = direct_throughput(path, make_inputs(meta, args.batch, rng), seconds)
-        served_b = asyncio.run(
-            served_throughput(url, args.model, meta, args.batch, args.concurrency, seconds, warmup)
-        )
-        direct_64 = direct_throughput(path, make_inputs(meta, dyn_batch, rng), seconds)
-        served_1 = asyncio.run(
-            served_throughput(url, args.model, meta, 1, args.dyn_concurrency, seconds, warmup)
-        )
+        # Alternate direct and served windows so machine drift hits both sides alike.
+        for r in range(rounds):
+            runs["direct_b"].append(direct_throughput(path, feeds_b, per))
+            runs["served_b"].append(
+                asyncio.run(
+                    served_throughput(
+                        url,
+                        args.model,
+                        meta,
+                        args.batch,
+                        args.concurrency,
+                        per,
+                        warmup if r == 0 else 0.3,
+                    )
+                )
+            )
+            runs["direct_64"].append(direct_throughput(path, feeds_64, per))
+            runs["served_1"].append(
+                asyncio.run(
+                    served_throughput(
+                        url,
+                        args.model,
+                        meta,
+                        1,
+                        args.dyn_concurrency,
+                        per,
+                        warmup if r == 0 else 0.3,
+                    )
+                )
+            )
+            same = max(1, round(runs["served_1"][-1]["avg_server_batch"]))
+            runs["direct_same"].append(direct_throughput(path, make_inputs(meta, same, rng), per))
 
+    def merged(key: str) -> dict:
+        items = runs[key]
+        out = dict(items[len(items) // 2])
+        out["jets_per_s"] = float(np.median([i["jets_per_s"] for i in items]))
+        return out
+
+    direct_b, served_b = merged("direct_b"), merged("served_b")
+    direct_64, served_1, direct_same = (
+        merged("direct_64"),
+        merged("served_1"),
+        merged("direct_same"),
+    )
+    ratio_b = float(
+        np.median(
+            [
+                s["jets_per_s"] / d["jets_per_s"]
+                for s, d in zip(runs["served_b"], runs["direct_b"], strict=True)
+            ]
+        )
+    )
+    ratio_dyn = float(
+        np.median(
+            [
+                s["jets_per_s"] / d["jets_per_s"]
+                for s, d in zip(runs["served_1"], runs["direct_64"], strict=True)
+            ]
+        )
+    )
+    ratio_same = float(
+        np.median(
+            [
+                s["jets_per_s"] / d["jets_per_s"]
+                for s, d in zip(runs["served_1"], runs["direct_same"], strict=True)
+            ]
+        )
+    )
     result = {
         "model": args.model,
         "cores": _cores(),
         "seconds": seconds,
+        "rounds": rounds,
         "direct_batch": direct_b,
         "served_batch": served_b,
         "direct_dynbatch": direct_64,
         "served_dynbatch": served_1,
-        "served_over_direct": served_b["jets_per_s"] / direct_b["jets_per_s"],
-        "dynbatch_over_direct": served_1["jets_per_s"] / direct_64["jets_per_s"],
+        "direct_at_server_batch": direct_same,
+        "served_over_direct": ratio_b,
+        "dynbatch_over_direct": ratio_dyn,
+        "dynbatch_over_direct_at_server_batch": ratio_same,
+        "runs": runs,
     }
     table = Table(title=f"pysonic served vs direct onnxruntime: {args.model} ({_cores()} cores)")
     for col in ("case", "jets/s", "p50 ms", "p99 ms", "server avg batch", "ratio"):
@@ -258,6 +333,14 @@ def main() -> None:
         f"{served_1['p99_ms']:.2f}",
         f"{served_1['avg_server_batch']:.1f}",
         f"{result['dynbatch_over_direct']:.3f}",
+    )
+    table.add_row(
+        f"direct batch {direct_same['batch']} (the server's average batch above)",
+        f"{direct_same['jets_per_s']:.0f}",
+        f"{direct_same['p50_ms']:.2f}",
+        f"{direct_same['p99_ms']:.2f}",
+        "",
+        f"served b1 / this: {ratio_same:.3f}",
     )
     console.print(table)
     if args.json:

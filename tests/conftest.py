@@ -146,6 +146,23 @@ parameters { key: "sleep_ms" value { string_value: "100" } }
 """
 
 
+LIMITED_CONFIG = """
+name: "limited"
+backend: "sleepy"
+max_batch_size: 1
+input [{ name: "x" data_type: TYPE_FP32 dims: [4] }]
+output [{ name: "y" data_type: TYPE_FP32 dims: [4] }]
+dynamic_batching {
+  priority_levels: 2
+  default_priority_level: 2
+  default_queue_policy { max_queue_size: 2 }
+  priority_queue_policy { key: 1 value {
+    max_queue_size: 4 timeout_action: REJECT default_timeout_microseconds: 50000 } }
+}
+parameters { key: "sleep_ms" value { string_value: "300" } }
+"""
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _register_test_backends() -> Iterator[None]:
     BUILTIN_BACKENDS["sleepy"] = "conftest:SleepBackend"
@@ -197,6 +214,8 @@ def build_repository(repo: Path) -> Path:
     )
     (repo / "sleepy" / "1").mkdir(parents=True)
     (repo / "sleepy" / "config.pbtxt").write_text(SLEEP_CONFIG)
+    (repo / "limited" / "1").mkdir(parents=True)
+    (repo / "limited" / "config.pbtxt").write_text(LIMITED_CONFIG)
     return repo
 
 

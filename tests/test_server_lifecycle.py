@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -186,10 +187,17 @@ def _free_port_from_log(proc: subprocess.Popen, pattern: str, timeout: float = 6
     raise AssertionError(f"server did not report its port: {''.join(seen)}")
 
 
+def _cli_repository(path: Path) -> Path:
+    """The test repository without the models whose test backend lives in this process only."""
+    repo = build_repository(path)
+    for name in ("sleepy", "limited"):
+        shutil.rmtree(repo / name)
+    return repo
+
+
 @pytest.mark.slow
 def test_cli_serve_sigterm(tmp_path: Path) -> None:
-    repo = build_repository(tmp_path / "repo")
-    (repo / "sleepy").rename(tmp_path / "sleepy")  # the test backend lives in this process only
+    repo = _cli_repository(tmp_path / "repo")
     env = {**os.environ, "COLUMNS": "200"}
     with subprocess.Popen(
         [
@@ -227,8 +235,7 @@ def test_cli_serve_sigterm(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_cli_serve_fails_on_taken_port(tmp_path: Path, fresh_server: EmbeddedServer) -> None:
-    repo = build_repository(tmp_path / "repo2")
-    (repo / "sleepy").rename(tmp_path / "sleepy2")
+    repo = _cli_repository(tmp_path / "repo2")
     proc = subprocess.run(
         [
             sys.executable,
@@ -250,3 +257,76 @@ def test_cli_serve_fails_on_taken_port(tmp_path: Path, fresh_server: EmbeddedSer
     )
     assert proc.returncode == 1
     assert "cannot bind gRPC" in proc.stderr
+
+
+def _wait_in_flight(srv: EmbeddedServer, model: str, n: int) -> None:
+    batcher = srv.server.core.get_version(model).batcher
+    deadline = time.monotonic() + 10
+    while batcher.in_flight < n:
+        assert time.monotonic() < deadline, f"{batcher.in_flight} in flight, wanted {n}"
+        time.sleep(0.002)
+
+
+def test_queue_full_and_queue_timeout_over_grpc(tmp_path: Path) -> None:
+    opts = ServerOptions(
+        model_repository=build_repository(tmp_path / "repo"),
+        host="127.0.0.1",
+        grpc_port=0,
+        metrics_port=None,
+        model_control_mode="explicit",
+        load_models=["limited"],
+        drain_timeout=10,
+    )
+    x = np.ones((1, 4), np.float32)
+    with EmbeddedServer(opts) as srv:
+        client = grpcclient.InferenceServerClient(srv.grpc_url)
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            # one running + two queued fill the default level (max_queue_size 2)
+            futures = [pool.submit(client.infer, "limited", [_inp("x", x)]) for _ in range(3)]
+            _wait_in_flight(srv, "limited", 3)
+            t0 = time.perf_counter()
+            with pytest.raises(InferenceServerException) as info:
+                client.infer("limited", [_inp("x", x)])
+            assert time.perf_counter() - t0 < 0.25  # rejected at once, not after the queue
+            assert "RESOURCE_EXHAUSTED" in str(info.value.status())
+            assert "max_queue_size 2" in info.value.message()
+            # priority 1 has its own queue with a 50 ms timeout: it expires behind the sleeper
+            with pytest.raises(InferenceServerException, match="timeout expired") as info:
+                client.infer("limited", [_inp("x", x)], priority=1)
+            assert "UNAVAILABLE" in str(info.value.status())
+            for f in futures:
+                np.testing.assert_array_equal(f.result(timeout=30).as_numpy("y"), 2 * x)
+        stats = client.get_inference_statistics("limited").model_stats[0].inference_stats
+        assert stats.success.count == 3
+        assert stats.fail.count == 2
+        client.close()
+
+
+def test_client_deadline_drops_queued_request(tmp_path: Path) -> None:
+    opts = ServerOptions(
+        model_repository=build_repository(tmp_path / "repo"),
+        host="127.0.0.1",
+        grpc_port=0,
+        metrics_port=None,
+        model_control_mode="explicit",
+        load_models=["limited"],
+        drain_timeout=10,
+    )
+    x = np.ones((1, 4), np.float32)
+    with EmbeddedServer(opts) as srv:
+        client = grpcclient.InferenceServerClient(srv.grpc_url)
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            running = pool.submit(client.infer, "limited", [_inp("x", x)])
+            _wait_in_flight(srv, "limited", 1)
+            with pytest.raises(InferenceServerException, match="Deadline"):
+                client.infer("limited", [_inp("x", x)], client_timeout=0.05)
+            batcher = srv.server.core.get_version("limited").batcher
+            deadline = time.monotonic() + 5
+            while batcher.pending_count:  # the abandoned request leaves the queue
+                assert time.monotonic() < deadline
+                time.sleep(0.002)
+            running.result(timeout=30)
+        assert batcher.in_flight == 0
+        stats = client.get_inference_statistics("limited").model_stats[0]
+        assert stats.execution_count == 1  # the abandoned request never ran
+        client.close()
