@@ -146,6 +146,14 @@ parameters { key: "sleep_ms" value { string_value: "100" } }
 """
 
 
+RESHAPE_CONFIG = """
+name: "reshaped"
+backend: "onnxruntime"
+max_batch_size: 8
+input [{ name: "INPUT0" data_type: TYPE_FP32 dims: [4] reshape: { shape: [2, 2] } }]
+output [{ name: "OUTPUT0" data_type: TYPE_FP32 dims: [4] reshape: { shape: [2, 2] } }]
+"""
+
 LIMITED_CONFIG = """
 name: "limited"
 backend: "sleepy"
@@ -212,6 +220,13 @@ def build_repository(repo: Path) -> Path:
             "max_batch_size: 8", "max_batch_size: 8\ndynamic_batching { }"
         ),
     )
+    save_model(
+        repo,
+        "identity_bf16",
+        identity_model(TensorProto.BFLOAT16, ["N", 3]),
+        identity_config("identity_bf16", "TYPE_BF16", 8, "[3]"),
+    )
+    save_model(repo, "reshaped", identity_model(TensorProto.FLOAT, ["N", 2, 2]), RESHAPE_CONFIG)
     (repo / "sleepy" / "1").mkdir(parents=True)
     (repo / "sleepy" / "config.pbtxt").write_text(SLEEP_CONFIG)
     (repo / "limited" / "1").mkdir(parents=True)

@@ -178,13 +178,13 @@ def test_default_model_filename(tmp_path: Path) -> None:
         (_param("execution_provider", "NoSuchExecutionProvider"), "KIND_CPU"),
         ("", "KIND_GPU"),
         (
-            'optimization { execution_accelerators { cpu_execution_accelerator: [{ name: "openvino" }]'
-            " } }",
+            "optimization { execution_accelerators { "
+            'cpu_execution_accelerator: [{ name: "openvino" }] } }',
             "KIND_CPU",
         ),
         (
-            'optimization { execution_accelerators { gpu_execution_accelerator: [{ name: "tensorrt" }]'
-            " } }",
+            "optimization { execution_accelerators { "
+            'gpu_execution_accelerator: [{ name: "tensorrt" }] } }',
             "KIND_GPU",
         ),
     ],

@@ -141,6 +141,21 @@ def test_variable_dims(client) -> None:
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), x)
 
 
+def test_reshape_honoured(client) -> None:
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)  # client shape [3, 4]; model sees [3, 2, 2]
+    result = client.infer("reshaped", [_inp("INPUT0", x, "FP32")])
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0"), x)
+    meta = client.get_model_metadata("reshaped")
+    assert list(meta.inputs[0].shape) == [-1, 4]
+
+
+def test_bf16_round_trip(client) -> None:
+    x = np.array([[1.0, -2.5, 3.140625]], dtype=ml_dtypes.bfloat16)
+    result = client.infer("identity_bf16", [_inp("INPUT0", x, "BF16")])
+    got = result.as_numpy("OUTPUT0")
+    np.testing.assert_array_equal(got.astype(np.float32), x.astype(np.float32))
+
+
 def test_typed_contents(stub) -> None:
     req = service_pb2.ModelInferRequest(model_name="add_sub")
     for name in ("INPUT0", "INPUT1"):

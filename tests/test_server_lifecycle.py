@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tritonclient.utils import InferenceServerException
 
 from conftest import build_repository
-from pysonic.server import EmbeddedServer, ServerOptions
+from pysonic.server import EmbeddedServer, ServerOptions, StartupError
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -330,3 +330,43 @@ def test_client_deadline_drops_queued_request(tmp_path: Path) -> None:
         stats = client.get_inference_statistics("limited").model_stats[0]
         assert stats.execution_count == 1  # the abandoned request never ran
         client.close()
+
+
+def test_broken_model_without_exit_on_error(tmp_path: Path) -> None:
+    repo = build_repository(tmp_path / "repo")
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "config.pbtxt").write_text('name: "broken"\nmax_batch_size: [oops\n')
+    opts = ServerOptions(
+        model_repository=repo,
+        host="127.0.0.1",
+        grpc_port=0,
+        metrics_port=None,
+        model_control_mode="explicit",
+        load_models=["dense", "broken"],
+        exit_on_error=False,
+    )
+    with EmbeddedServer(opts) as srv:
+        client = grpcclient.InferenceServerClient(srv.grpc_url)
+        assert client.is_server_live()
+        assert not client.is_server_ready()  # a startup model failed: not ready, as Triton
+        assert client.is_model_ready("dense")
+        index = {m.name: m for m in client.get_model_repository_index().models}
+        assert index["broken"].state == "UNAVAILABLE"
+        assert "config.pbtxt:2" in index["broken"].reason
+        client.close()
+
+
+def test_broken_model_with_exit_on_error_fails_startup(tmp_path: Path) -> None:
+    repo = build_repository(tmp_path / "repo")
+    (repo / "broken" / "1").mkdir(parents=True)
+    (repo / "broken" / "config.pbtxt").write_text('name: "broken"\nmax_batch_size: [oops\n')
+    opts = ServerOptions(
+        model_repository=repo,
+        host="127.0.0.1",
+        grpc_port=0,
+        metrics_port=None,
+        model_control_mode="explicit",
+        load_models=["broken"],
+    )
+    with pytest.raises(StartupError, match="broken"):
+        EmbeddedServer(opts).start()

@@ -53,21 +53,36 @@ __all__ = ["OrtBackend"]
 logger = logging.getLogger(__name__)
 
 _CPU = "CPUExecutionProvider"
-_GPU_PROVIDERS = frozenset({"CUDAExecutionProvider", "TensorrtExecutionProvider",
-                            "ROCMExecutionProvider", "MIGraphXExecutionProvider",
-                            "DmlExecutionProvider"})
+_GPU_PROVIDERS = frozenset(
+    {
+        "CUDAExecutionProvider",
+        "TensorrtExecutionProvider",
+        "ROCMExecutionProvider",
+        "MIGraphXExecutionProvider",
+        "DmlExecutionProvider",
+    }
+)
 _GPU_ACCELERATORS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider"}
 _CPU_ACCELERATORS = {"openvino": "OpenVINOExecutionProvider"}
-_CUDA_KEYS = ("cudnn_conv_algo_search", "gpu_mem_limit", "arena_extend_strategy",
-              "do_copy_in_default_stream", "cudnn_conv_use_max_workspace")
+_CUDA_KEYS = (
+    "cudnn_conv_algo_search",
+    "gpu_mem_limit",
+    "arena_extend_strategy",
+    "do_copy_in_default_stream",
+    "cudnn_conv_use_max_workspace",
+)
 _LEVELS = {
     "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
     "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-_MODES = {"0": ort.ExecutionMode.ORT_SEQUENTIAL, "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
-          "1": ort.ExecutionMode.ORT_PARALLEL, "parallel": ort.ExecutionMode.ORT_PARALLEL}
+_MODES = {
+    "0": ort.ExecutionMode.ORT_SEQUENTIAL,
+    "sequential": ort.ExecutionMode.ORT_SEQUENTIAL,
+    "1": ort.ExecutionMode.ORT_PARALLEL,
+    "parallel": ort.ExecutionMode.ORT_PARALLEL,
+}
 _BF16 = np.dtype(ml_dtypes.bfloat16)
 # ORT's pybind exceptions do not share a base class below Exception: collect them once.
 _ORT_ERRORS: tuple[type[BaseException], ...] = (
@@ -106,8 +121,10 @@ class OrtBackend(Backend):
         active = self._session.get_providers()
         missing = [name for name, _ in providers if name not in active]
         if missing:
-            msg = (f"model '{spec.model_name}': execution provider(s) {missing} failed to "
-                   f"initialise (session runs on {active}); check the GPU/driver libraries")
+            msg = (
+                f"model '{spec.model_name}': execution provider(s) {missing} failed to "
+                f"initialise (session runs on {active}); check the GPU/driver libraries"
+            )
             raise ModelConfigError(msg)
         self._inputs = {i.name: i.type for i in self._session.get_inputs()}
         self._optional = {i.name: i.type for i in self._session.get_overridable_initializers()}
@@ -115,9 +132,15 @@ class OrtBackend(Backend):
         types = [*self._inputs.values(), *(o.type for o in self._session.get_outputs())]
         self._use_ort_values = "tensor(bfloat16)" in types
         opts = self._session.get_session_options()
-        logger.info("model %s v%d instance %d: %s, intra_op_threads=%d inter_op_threads=%d",
-                    spec.model_name, spec.version, spec.instance_index, active,
-                    opts.intra_op_num_threads, opts.inter_op_num_threads)
+        logger.info(
+            "model %s v%d instance %d: %s, intra_op_threads=%d inter_op_threads=%d",
+            spec.model_name,
+            spec.version,
+            spec.instance_index,
+            active,
+            opts.intra_op_num_threads,
+            opts.inter_op_num_threads,
+        )
 
     @property
     def providers(self) -> list[str]:
@@ -141,8 +164,10 @@ class OrtBackend(Backend):
     def _choice_param(self, key: str, choices: Mapping[str, Any]) -> Any:
         raw = self._params[key].strip().lower()
         if raw not in choices:
-            msg = (f"model '{self.spec.model_name}': parameter {key}='{raw}' is not one of "
-                   f"{', '.join(choices)}")
+            msg = (
+                f"model '{self.spec.model_name}': parameter {key}='{raw}' is not one of "
+                f"{', '.join(choices)}"
+            )
             raise ModelConfigError(msg)
         return choices[raw]
 
@@ -194,12 +219,16 @@ class OrtBackend(Backend):
                     wanted.append((name, self._trt_options(dict(acc.parameters))))
             wanted.append(("CUDAExecutionProvider", cuda))
         else:
-            wanted = [(self._accelerator(acc.name, _CPU_ACCELERATORS), dict(acc.parameters))
-                      for acc in accelerators.cpu_execution_accelerator]
+            wanted = [
+                (self._accelerator(acc.name, _CPU_ACCELERATORS), dict(acc.parameters))
+                for acc in accelerators.cpu_execution_accelerator
+            ]
         for name, options in wanted:
             if name not in available:
-                msg = (f"model '{spec.model_name}' asks for execution provider '{name}', which "
-                       f"this onnxruntime build lacks (available: {', '.join(available)})")
+                msg = (
+                    f"model '{spec.model_name}' asks for execution provider '{name}', which "
+                    f"this onnxruntime build lacks (available: {', '.join(available)})"
+                )
                 raise ModelConfigError(msg)
             if name in _GPU_PROVIDERS:
                 options.setdefault("device_id", spec.device_id)
@@ -207,8 +236,10 @@ class OrtBackend(Backend):
 
     def _accelerator(self, name: str, table: Mapping[str, str]) -> str:
         if name not in table:
-            msg = (f"model '{self.spec.model_name}': unknown execution accelerator '{name}' "
-                   f"here (known: {', '.join(table)})")
+            msg = (
+                f"model '{self.spec.model_name}': unknown execution accelerator '{name}' "
+                f"here (known: {', '.join(table)})"
+            )
             raise ModelConfigError(msg)
         return table[name]
 
@@ -233,8 +264,10 @@ class OrtBackend(Backend):
         unknown = [n for n in inputs if n not in self._inputs and n not in self._optional]
         missing = [n for n in self._inputs if n not in inputs]
         if unknown or missing:
-            msg = (f"model '{self.spec.model_name}': unknown inputs {unknown}, missing inputs "
-                   f"{missing} (the model's inputs: {', '.join(self._inputs)})")
+            msg = (
+                f"model '{self.spec.model_name}': unknown inputs {unknown}, missing inputs "
+                f"{missing} (the model's inputs: {', '.join(self._inputs)})"
+            )
             raise InvalidArgumentError(msg)
         feed: dict[str, Any] = {}
         for name, array in inputs.items():
@@ -243,9 +276,13 @@ class OrtBackend(Backend):
             elif not array.flags.c_contiguous:
                 array = np.ascontiguousarray(array)
             if self._use_ort_values:
-                feed[name] = (ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
-                    array.view(np.uint16), TensorProto.BFLOAT16) if array.dtype == _BF16
-                    else ort.OrtValue.ortvalue_from_numpy(array))
+                feed[name] = (
+                    ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+                        array.view(np.uint16), TensorProto.BFLOAT16
+                    )
+                    if array.dtype == _BF16
+                    else ort.OrtValue.ortvalue_from_numpy(array)
+                )
             else:
                 feed[name] = array
         return feed

@@ -42,6 +42,7 @@ class EmbeddedServer:
         except BaseException:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
+            self._loop.close()
             raise
         return self
 
