@@ -31,6 +31,16 @@ app = typer.Typer(
 console = Console()
 
 
+def _register_subcommands() -> None:
+    from pysonic.cli import events, models
+
+    app.add_typer(models.app, name="models")
+    app.add_typer(events.app, name="events")
+
+
+_register_subcommands()
+
+
 def _setup_logging(verbose: int) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose > 0 else logging.INFO,
