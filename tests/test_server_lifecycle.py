@@ -259,6 +259,19 @@ def test_cli_serve_fails_on_taken_port(tmp_path: Path, fresh_server: EmbeddedSer
     assert "cannot bind gRPC" in proc.stderr
 
 
+def _options(tmp_path: Path, *models: str) -> ServerOptions:
+    """An explicit-mode server on the test repository, loading ``models``."""
+    return ServerOptions(
+        model_repository=build_repository(tmp_path / "repo"),
+        host="127.0.0.1",
+        grpc_port=0,
+        metrics_port=None,
+        model_control_mode="explicit",
+        load_models=list(models),
+        drain_timeout=10,
+    )
+
+
 def _wait_in_flight(srv: EmbeddedServer, model: str, n: int) -> None:
     batcher = srv.server.core.get_version(model).batcher
     deadline = time.monotonic() + 10
@@ -268,15 +281,7 @@ def _wait_in_flight(srv: EmbeddedServer, model: str, n: int) -> None:
 
 
 def test_queue_full_and_queue_timeout_over_grpc(tmp_path: Path) -> None:
-    opts = ServerOptions(
-        model_repository=build_repository(tmp_path / "repo"),
-        host="127.0.0.1",
-        grpc_port=0,
-        metrics_port=None,
-        model_control_mode="explicit",
-        load_models=["limited"],
-        drain_timeout=10,
-    )
+    opts = _options(tmp_path, "limited")
     x = np.ones((1, 4), np.float32)
     with EmbeddedServer(opts) as srv:
         client = grpcclient.InferenceServerClient(srv.grpc_url)
@@ -303,15 +308,7 @@ def test_queue_full_and_queue_timeout_over_grpc(tmp_path: Path) -> None:
 
 
 def test_client_deadline_drops_queued_request(tmp_path: Path) -> None:
-    opts = ServerOptions(
-        model_repository=build_repository(tmp_path / "repo"),
-        host="127.0.0.1",
-        grpc_port=0,
-        metrics_port=None,
-        model_control_mode="explicit",
-        load_models=["limited"],
-        drain_timeout=10,
-    )
+    opts = _options(tmp_path, "limited")
     x = np.ones((1, 4), np.float32)
     with EmbeddedServer(opts) as srv:
         client = grpcclient.InferenceServerClient(srv.grpc_url)

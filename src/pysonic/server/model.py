@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,7 +127,8 @@ class ModelVersion:
             raise
         return cls(config, version, backends, ModelStats(config.name, version))
 
-    def start(self, deliver, queue_cap: int) -> None:
+    def start(self, deliver: Callable[[list[PendingRequest]], None], queue_cap: int) -> None:
+        """Start the batcher and its instance threads; ``deliver`` gets finished requests."""
         self.batcher = DynamicBatcher(
             BatcherConfig.from_model_config(self.config, queue_cap=queue_cap),
             [b.execute for b in self.backends],
