@@ -51,6 +51,7 @@ __all__ = [
     "RetryableError",
     "UnavailableError",
     "UnimplementedError",
+    "from_grpc_status",
     "grpc_status",
     "http_status",
 ]
@@ -89,9 +90,11 @@ class PysonicError(Exception):
 
     code: ClassVar[ErrorCode] = ErrorCode.INTERNAL
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, server: str | None = None) -> None:
         super().__init__(message)
         self.message = message
+        #: on the client side: the server that answered with this error, if any
+        self.server = server
 
 
 class RetryableError(PysonicError):
@@ -140,6 +143,29 @@ class CancelledError(PysonicError):
 
 class InternalError(PysonicError):
     code = ErrorCode.INTERNAL
+
+
+_CLASS_BY_CODE: dict[ErrorCode, type[PysonicError]] = {
+    ErrorCode.INVALID_ARGUMENT: InvalidArgumentError,
+    ErrorCode.NOT_FOUND: NotFoundError,
+    ErrorCode.UNAVAILABLE: UnavailableError,
+    ErrorCode.RESOURCE_EXHAUSTED: ResourceExhaustedError,
+    ErrorCode.DEADLINE_EXCEEDED: DeadlineExceededError,
+    ErrorCode.UNIMPLEMENTED: UnimplementedError,
+    ErrorCode.ALREADY_EXISTS: AlreadyExistsError,
+    ErrorCode.FAILED_PRECONDITION: FailedPreconditionError,
+    ErrorCode.CANCELLED: CancelledError,
+    ErrorCode.INTERNAL: InternalError,
+}
+_CODE_BY_GRPC = {grpc_code: code for code, (grpc_code, _) in STATUS_TABLE.items()}
+
+
+def from_grpc_status(status: grpc.StatusCode, details: str) -> PysonicError:
+    """The pysonic error for a gRPC status received by a client (the reverse of the table).
+
+    Codes outside the table (UNKNOWN, DATA_LOSS, ...) become InternalError."""
+    code = _CODE_BY_GRPC.get(status, ErrorCode.INTERNAL)
+    return _CLASS_BY_CODE[code](details or status.name)
 
 
 def grpc_status(err: PysonicError) -> grpc.StatusCode:

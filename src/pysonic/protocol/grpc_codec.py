@@ -23,7 +23,13 @@ from pysonic.errors import InvalidArgumentError, PysonicError, UnimplementedErro
 from pysonic.protocol.datatypes import BYTES, deserialize_bytes, serialize_bytes, to_numpy_dtype
 from pysonic.protocol.types import InferRequest, InferResponse, InferTensor, RequestedOutput
 
-__all__ = ["decode_infer_request", "decode_parameters", "encode_infer_response"]
+__all__ = [
+    "decode_infer_request",
+    "decode_infer_response",
+    "decode_parameters",
+    "encode_infer_request",
+    "encode_infer_response",
+]
 
 _CONTENT_FIELD = {
     "BOOL": "bool_contents",
@@ -171,3 +177,74 @@ def _set_parameter(p: service_pb2.InferParameter, value: Any) -> None:
         p.double_param = value
     else:
         p.string_param = str(value)
+
+
+# ---------------------------------------------------------------------- client side
+def encode_infer_request(req: InferRequest) -> bytes:
+    """Serialize a request to ModelInferRequest wire bytes, tensors copied exactly once.
+
+    The header (names, shapes, parameters) goes through protobuf; each tensor's bytes are
+    appended as a ``raw_input_contents`` field (number 7, length-delimited) straight from the
+    array's buffer, so the only copy is the final join (protobuf would copy twice).
+    """
+    msg = service_pb2.ModelInferRequest(
+        model_name=req.model_name, model_version=req.model_version, id=req.id
+    )
+    parts: list[bytes | memoryview] = [b""]
+    for t in req.inputs:
+        inp = msg.inputs.add()
+        inp.name = t.name
+        inp.datatype = t.datatype
+        inp.shape.extend(t.shape)
+        if t.datatype == BYTES:
+            data: bytes | memoryview = serialize_bytes(t.data)
+        else:
+            data = memoryview(np.ascontiguousarray(t.data)).cast("B")
+        parts += [_RAW_INPUT_TAG, _varint(len(data)), data]
+    for o in req.outputs:
+        out = msg.outputs.add()
+        out.name = o.name
+        for key, value in o.parameters.items():
+            _set_parameter(out.parameters[key], value)
+    for key, value in req.parameters.items():
+        _set_parameter(msg.parameters[key], value)
+    parts[0] = msg.SerializeToString()
+    return b"".join(parts)
+
+
+_RAW_INPUT_TAG = bytes([(7 << 3) | 2])  # ModelInferRequest.raw_input_contents, length-delimited
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def decode_infer_response(msg: service_pb2.ModelInferResponse) -> InferResponse:
+    """Decode a response; outputs are views over the message's bytes (sizes checked)."""
+    raw = msg.raw_output_contents
+    outputs = []
+    for i, t in enumerate(msg.outputs):
+        shape = tuple(t.shape)
+        if i < len(raw):
+            data = _from_raw(t.name, t.datatype, shape, raw[i])
+        elif t.HasField("contents"):
+            data = _from_contents(t.name, t.datatype, shape, t.contents)
+        else:
+            err = f"output '{t.name}': no data in the response"
+            raise InvalidArgumentError(err)
+        outputs.append(InferTensor(t.name, t.datatype, shape, data))
+    return InferResponse(
+        model_name=msg.model_name,
+        model_version=msg.model_version,
+        outputs=outputs,
+        id=msg.id,
+        parameters=decode_parameters(msg.parameters) if msg.parameters else {},
+    )

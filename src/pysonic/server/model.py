@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,7 @@ class ModelVersion:
         self.outputs = {t.name: TensorSpec.from_config(t) for t in config.output}
         self.required = [n for n, s in self.inputs.items() if not s.optional]
         self.batcher: DynamicBatcher | None = None
+        self.execute_delay_s = _delay_parameter(config)
 
     @classmethod
     def load(cls, config: model_config_pb2.ModelConfig, version: int, path: Path) -> ModelVersion:
@@ -131,7 +133,7 @@ class ModelVersion:
         """Start the batcher and its instance threads; ``deliver`` gets finished requests."""
         self.batcher = DynamicBatcher(
             BatcherConfig.from_model_config(self.config, queue_cap=queue_cap),
-            [b.execute for b in self.backends],
+            [_with_delay(b.execute, self.execute_delay_s) for b in self.backends],
             deliver,
             on_execution=self.stats.record_execution,
             name=f"{self.name}/{self.version}",
@@ -247,6 +249,40 @@ class ModelVersion:
                     f"(outputs: {', '.join(self.outputs)}){extra}"
                 )
                 raise InvalidArgumentError(msg)
+
+
+def _delay_parameter(config: model_config_pb2.ModelConfig) -> float:
+    """``parameters { key: "execute_delay_ms" }``: sleep before each execution.
+
+    Triton's test backends use this key to make a model slow on purpose; pysonic honours it for
+    any backend, for load-balancing and fault tests (a slow server, a saturated queue)."""
+    param = config.parameters.get("execute_delay_ms")
+    if param is None or not param.string_value:
+        return 0.0
+    try:
+        delay = float(param.string_value)
+    except ValueError:
+        msg = (
+            f"model '{config.name}': execute_delay_ms must be a number, got {param.string_value!r}"
+        )
+        raise ModelConfigError(msg) from None
+    if delay < 0:
+        msg = f"model '{config.name}': execute_delay_ms must be >= 0, got {delay}"
+        raise ModelConfigError(msg)
+    return delay / 1000
+
+
+def _with_delay(
+    execute: Callable[..., dict[str, np.ndarray]], delay: float
+) -> Callable[..., dict[str, np.ndarray]]:
+    if delay <= 0:
+        return execute
+
+    def delayed(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(delay)  # on the instance thread, never the event loop
+        return execute(inputs)
+
+    return delayed
 
 
 def _resolve(shape: tuple[int, ...], size: int, name: str) -> tuple[int, ...]:
