@@ -198,6 +198,15 @@ class GrpcTransport(AsyncTransport):
         )
         return [ModelIndexEntry(m.name, m.version, m.state) for m in resp.models]  # type: ignore[attr-defined]
 
+    async def load_model(self, model: str, timeout: float = 120.0) -> None:
+        """RepositoryModelLoad (the server must run with --model-control-mode explicit)."""
+        await self._call(
+            "RepositoryModelLoad",
+            service_pb2.RepositoryModelLoadRequest(model_name=model),
+            service_pb2.RepositoryModelLoadResponse,
+            timeout,
+        )
+
     async def model_config(self, model: str, version: str = "") -> model_config_pb2.ModelConfig:
         resp = await self._call(
             "ModelConfig",
