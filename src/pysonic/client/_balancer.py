@@ -53,6 +53,7 @@ class ServerStatus:
     queue_ms: float = 0.0
     stats_at: float = 0.0
     last_stats: dict[str, tuple[int, int]] = field(default_factory=dict)
+    probing: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -113,21 +114,26 @@ class Balanced(AsyncTransport):
         return table
 
     async def _refresh(self, now: float) -> None:
-        stale = [
-            s
-            for s in self.servers
-            if now - s.probed_at > self.probe_interval_s or s.probed_at == 0.0
-        ]
-        # ejected servers are probed back in once their period is over
-        stale += [
-            s for s in self.servers if s.ejected_until and now >= s.ejected_until and s not in stale
-        ]
-        if stale:
-            await asyncio.gather(*(self._probe(s) for s in stale))
-            for s in stale:
-                if s.ejected_until and s.models is not None:
-                    s.ejected_until = 0.0
-                    log.info("server %s is back after ejection", s.name)
+        """Probe stale servers (and ejected ones whose period is over); concurrent callers
+        share one probe per server and all wait for it, so nobody picks from a half-known map."""
+        for s in self.servers:
+            due = s.probed_at == 0.0 or now - s.probed_at > self.probe_interval_s
+            back = bool(s.ejected_until) and now >= s.ejected_until
+            if (due or back) and s.probing is None:
+                s.probed_at = now
+                s.probing = asyncio.create_task(self._probe_and_readmit(s))
+        pending = [s.probing for s in self.servers if s.probing is not None]
+        if pending:
+            await asyncio.gather(*pending)
+
+    async def _probe_and_readmit(self, s: ServerStatus) -> None:
+        try:
+            await self._probe(s)
+            if s.ejected_until and s.models is not None:
+                s.ejected_until = 0.0
+                log.info("server %s is back after ejection", s.name)
+        finally:
+            s.probing = None
 
     # ------------------------------------------------------------------ choice
     def _pick(self, model: str, exclude: frozenset[str], now: float) -> ServerStatus | None:
