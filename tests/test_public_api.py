@@ -27,6 +27,12 @@ EXPECTED = {
         "RequestState",
         "TimeoutAction",
     ],
+    "pysonic.client": ["AsyncSonicClient", "AsyncTransport", "Balanced", "CallTiming",
+                       "ClientMetrics", "GrpcTransport", "LocalFallback", "Mode",
+                       "ModelIndexEntry", "RetryPolicy", "Retrying", "ServerEntry",
+                       "ServerStatus", "SiteConfig", "SonicClient", "SonicConfig",
+                       "SonicModule", "TLSConfig", "build_transport", "check_model_config",
+                       "connect"],
     "pysonic.backends": [
         "BUILTIN_BACKENDS",
         "Backend",
