@@ -366,3 +366,22 @@ def test_no_server_for_model_is_unavailable(tmp_path: Path) -> None:
             client.infer({"x": np.ones((1, 2), np.float32)})
     finally:
         server.stop()
+
+
+def test_pick_skips_saturated_and_ejected_servers() -> None:
+    balanced = Balanced(
+        [GrpcTransport(f"127.0.0.1:{p}") for p in (1, 2, 3)], saturation_queue_ms=100
+    )
+    a, b, c = balanced.servers
+    for s in balanced.servers:
+        s.models = {"m"}
+    now = time.monotonic()
+    a.outstanding, b.outstanding, c.outstanding = 0, 3, 5
+    a.queue_ms = 150.0  # saturated: skipped although it has the fewest requests in flight
+    assert balanced._pick("m", frozenset(), now) is b
+    b.ejected_until = now + 10  # ejected: skipped
+    assert balanced._pick("m", frozenset(), now) is c
+    assert balanced._pick("m", frozenset({c.name}), now) is a  # only a saturated one is left
+    assert balanced._pick("other", frozenset(), now) is None
+    balanced.preferred = c.name
+    assert balanced._pick("m", frozenset(), now) is c
