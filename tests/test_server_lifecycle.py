@@ -280,14 +280,25 @@ def _wait_in_flight(srv: EmbeddedServer, model: str, n: int) -> None:
         time.sleep(0.002)
 
 
+def _wait_running(srv: EmbeddedServer, model: str, n: int) -> None:
+    batcher = srv.server.core.get_version(model).batcher
+    deadline = time.monotonic() + 10
+    while batcher.in_flight - batcher.pending_count < n:
+        assert time.monotonic() < deadline, f"{batcher.in_flight - batcher.pending_count} running"
+        time.sleep(0.002)
+
+
 def test_queue_full_and_queue_timeout_over_grpc(tmp_path: Path) -> None:
     opts = _options(tmp_path, "limited")
     x = np.ones((1, 4), np.float32)
     with EmbeddedServer(opts) as srv:
         client = grpcclient.InferenceServerClient(srv.grpc_url)
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            # one running + two queued fill the default level (max_queue_size 2)
-            futures = [pool.submit(client.infer, "limited", [_inp("x", x)]) for _ in range(3)]
+            # one running + two queued fill the default level (max_queue_size 2); the first
+            # must be executing before the others arrive, or the third finds the queue full
+            futures = [pool.submit(client.infer, "limited", [_inp("x", x)])]
+            _wait_running(srv, "limited", 1)
+            futures += [pool.submit(client.infer, "limited", [_inp("x", x)]) for _ in range(2)]
             _wait_in_flight(srv, "limited", 3)
             t0 = time.perf_counter()
             with pytest.raises(InferenceServerException) as info:
