@@ -1,5 +1,5 @@
-"""HEP models (ParticleNet, ParticleNet-Lite; ParT and DeepMET to come): definitions in torch
-(an optional extra), input specs without torch, and deterministic ONNX export.
+"""HEP models (ParticleNet, ParticleNet-Lite, ParT, DeepMET): definitions in torch (an optional
+extra), input specs without torch, deterministic ONNX export, training.
 
 Example::
 
@@ -9,6 +9,26 @@ Example::
 
 from __future__ import annotations
 
-from pysonic.models.specs import JET_CLASSES, PARTICLENET, PARTICLENET_LITE, ModelSpec, TensorSpec
+from pysonic.models.specs import (
+    DEEPMET,
+    DEEPMET_FEATURES,
+    JET_CLASSES,
+    MODELS,
+    PART,
+    PARTICLENET,
+    PARTICLENET_LITE,
+    ModelSpec,
+    TensorSpec,
+)
 
-__all__ = ["JET_CLASSES", "PARTICLENET", "PARTICLENET_LITE", "ModelSpec", "TensorSpec"]
+__all__ = [
+    "DEEPMET",
+    "DEEPMET_FEATURES",
+    "JET_CLASSES",
+    "MODELS",
+    "PART",
+    "PARTICLENET",
+    "PARTICLENET_LITE",
+    "ModelSpec",
+    "TensorSpec",
+]

@@ -2,7 +2,9 @@
 
 Fixed seed, ``torch.onnx.export(..., dynamo=False)`` (the TorchScript exporter; the dynamo one needs
 onnxscript), opset 17, dynamic batch axis ``N``, ``onnx.checker`` passes, and the file is
-re-serialized with protobuf's deterministic mode so two exports are byte-identical.
+re-serialized with protobuf's deterministic mode so two exports are byte-identical. Trained
+weights, where a model has them, ship as ``pysonic/models/weights/<name>.npz`` (numpy, no torch
+needed to read them) and are loaded before export.
 
 Example::
 
@@ -11,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import importlib
 import io
 import warnings
 from pathlib import Path
@@ -19,33 +22,67 @@ import numpy as np
 import onnx
 
 from pysonic.models._extras import require_torch
-from pysonic.models.specs import PARTICLENET, PARTICLENET_LITE, ModelSpec
+from pysonic.models.specs import MODELS, ModelSpec
 
-__all__ = ["EXPORTABLE", "config_text", "example_inputs", "export_model"]
+__all__ = [
+    "BUILDERS",
+    "EXPORTABLE",
+    "WEIGHTS_DIR",
+    "build",
+    "config_text",
+    "example_inputs",
+    "export_model",
+    "load_weights",
+    "save_weights",
+]
 
 OPSET = 17
 SEED = 20231025
-EXPORTABLE: dict[str, ModelSpec] = {
-    "particlenet": PARTICLENET,
-    "particlenet_lite": PARTICLENET_LITE,
+EXPORTABLE: dict[str, ModelSpec] = dict(MODELS)
+#: Lazily imported builders ("module:function"), so torch is imported only on export.
+BUILDERS: dict[str, str] = {
+    "particlenet": "pysonic.models.particlenet:build_particlenet",
+    "particlenet_lite": "pysonic.models.particlenet:build_particlenet_lite",
+    "part": "pysonic.models.part:build_part",
+    "deepmet": "pysonic.models.deepmet:build_deepmet",
 }
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def _four_vectors(rng: np.random.Generator, batch: int, length: int) -> np.ndarray:
+    """Physical (px, py, pz, E) [batch, 4, length]: E >= |p|, a pion-like mass."""
+    p = rng.standard_normal((batch, 3, length)) * 20.0
+    e = np.sqrt((p**2).sum(axis=1, keepdims=True) + 0.14**2)
+    return np.concatenate([p, e], axis=1).astype(np.float32)
 
 
 def example_inputs(spec: ModelSpec, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random jet-like inputs: a random number of real particles/SVs, zero padding, masks."""
+    """Random jet/event-like inputs: a random number of real entries, zero padding, masks.
+
+    Inputs sharing a name prefix (``pf_``, ``sv_``) share the count of real entries; the padded
+    axis is the last one for jets ([C, P]) and the first one for per-event inputs ([P, C]).
+    Four-vectors (``*_vectors``) are physical; categorical inputs draw from ``1..vocab-1``.
+    """
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     counts: dict[str, np.ndarray] = {}
     for t in spec.inputs:
         prefix = t.name.split("_")[0]
-        length = t.shape[-1]
+        axis = 0 if spec.points_first else len(t.shape) - 1  # the padded axis
+        length = t.shape[axis]
         if prefix not in counts:
             counts[prefix] = rng.integers(1, length + 1, size=batch)
-        mask = (np.arange(length)[None, :] < counts[prefix][:, None]).astype(np.float32)
+        mask = np.arange(length)[None, :] < counts[prefix][:, None]  # [batch, length]
+        mask = np.expand_dims(mask, 2 if axis == 0 else 1)
         if t.name.endswith("mask"):
-            out[t.name] = mask[:, None, :]
+            value = mask.astype(np.float32)
+        elif t.vocab is not None:
+            value = rng.integers(1, t.vocab, size=(batch, *t.shape)).astype(np.int32)
+        elif t.name.endswith("vectors"):
+            value = _four_vectors(rng, batch, length)
         else:
-            out[t.name] = rng.standard_normal((batch, *t.shape)).astype(np.float32) * mask[:, None]
+            value = rng.standard_normal((batch, *t.shape)).astype(np.float32)
+        out[t.name] = (value * mask).astype(value.dtype)
     return out
 
 
@@ -64,23 +101,41 @@ def config_text(spec: ModelSpec) -> str:
     )
 
 
-def build(name: str) -> object:
-    """The torch module for ``name``, seeded, in eval mode."""
+def load_weights(model: object, path: Path) -> None:
+    """Load a ``.npz`` state dict (as written by :func:`save_weights`) into ``model``."""
     torch = require_torch()
-    from pysonic.models.particlenet import build_particlenet
+    with np.load(path) as data:
+        state = {k: torch.from_numpy(data[k].copy()) for k in data.files}
+    model.load_state_dict(state)  # type: ignore[attr-defined]
 
+
+def save_weights(model: object, path: Path) -> Path:
+    """Write ``model``'s state dict as ``.npz`` (fp32 / int64 buffers, deterministic order)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = model.state_dict()  # type: ignore[attr-defined]
+    np.savez(path, **{k: v.detach().cpu().numpy() for k, v in state.items()})
+    return path
+
+
+def build(name: str, *, trained: bool = True) -> object:
+    """The torch module for ``name``, seeded, in eval mode, with shipped weights if any."""
+    torch = require_torch()
+    module, func = BUILDERS[name].split(":")
     torch.manual_seed(SEED)
-    model = build_particlenet(lite=name == "particlenet_lite")
+    model = getattr(importlib.import_module(module), func)()
+    weights = WEIGHTS_DIR / f"{name}.npz"
+    if trained and weights.exists():
+        load_weights(model, weights)
     return model.eval()
 
 
-def export_model(name: str, out: Path, state_dict_path: Path | None = None) -> Path:
+def export_model(name: str, out: Path, *, model: object | None = None) -> Path:
     """Write ``out/<name>/1/model.onnx`` and ``out/<name>/config.pbtxt``; return the model path."""
     torch = require_torch()
     spec = EXPORTABLE[name]
-    model = build(name)
-    if state_dict_path is not None:
-        model.load_state_dict(torch.load(state_dict_path, map_location="cpu"))  # type: ignore[attr-defined]
+    model = build(name) if model is None else model
+    model.eval()  # type: ignore[attr-defined]
     feeds = example_inputs(spec, 2)
     args = tuple(torch.from_numpy(feeds[t.name]) for t in spec.inputs)
     names_in = [t.name for t in spec.inputs]
@@ -89,6 +144,7 @@ def export_model(name: str, out: Path, state_dict_path: Path | None = None) -> P
     with torch.no_grad(), warnings.catch_warnings():
         # the TorchScript exporter is deprecated upstream; the dynamo one needs onnxscript
         warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", UserWarning)
         torch.onnx.export(
             model,
             args,

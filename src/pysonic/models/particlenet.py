@@ -23,7 +23,7 @@ from pysonic.models._extras import require_torch
 torch = require_torch()
 nn = torch.nn
 
-__all__ = ["ParticleNetTagger", "build_particlenet"]
+__all__ = ["ParticleNetTagger", "build_particlenet", "build_particlenet_lite"]
 
 
 def _knn(points: torch.Tensor, k: int) -> torch.Tensor:
@@ -159,3 +159,8 @@ def build_particlenet(*, lite: bool = False, num_classes: int = 5) -> ParticleNe
             k=7, blocks=((32, 32, 32), (64, 64, 64)), fc=128, num_classes=num_classes
         )
     return ParticleNetTagger(num_classes=num_classes)
+
+
+def build_particlenet_lite(*, num_classes: int = 5) -> ParticleNetTagger:
+    """ParticleNet-Lite (k=7; 32/64 EdgeConv channels)."""
+    return build_particlenet(lite=True, num_classes=num_classes)
