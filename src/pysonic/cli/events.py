@@ -1,13 +1,15 @@
-"""``pysonic events ...``: generate Pythia8 + FastJet events into model-ready jet files."""
+"""``pysonic events ...``: generate Pythia8 + FastJet events, and the shipped sample."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import Progress
+from rich.table import Table
 
 __all__ = ["app"]
 
@@ -16,25 +18,55 @@ app = typer.Typer(
 )
 
 
+def _summary(events: object, path: Path, seconds: float) -> Table:
+    import awkward as ak
+
+    table = Table(title=f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    for col in ("events", "particles", "AK4 jets", "AK8 jets", "events/s"):
+        table.add_column(col, justify="right")
+    table.add_row(
+        str(len(events)),  # type: ignore[arg-type]
+        str(int(ak.sum(ak.num(events["particles"])))),  # type: ignore[index]
+        str(int(ak.sum(ak.num(events["ak4"])))),  # type: ignore[index]
+        str(int(ak.sum(ak.num(events["ak8"])))),  # type: ignore[index]
+        f"{len(events) / seconds:.1f}",  # type: ignore[arg-type]
+    )
+    return table
+
+
 @app.command()
 def generate(
     process: Annotated[str, typer.Option(help="ttbar | qcd | wjets")],
-    n: Annotated[int, typer.Option(help="Number of events.")] = 100,
+    n: Annotated[int, typer.Option(help="Number of events.", min=1)] = 100,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same events).")] = 1,
-    out: Annotated[Path, typer.Option(help="Output parquet file.")] = Path("jets.parquet"),
+    out: Annotated[Path, typer.Option(help="Output parquet file.")] = Path("events.parquet"),
 ) -> None:
-    """Generate events and write their AK8 jets (features, masks, labels) to parquet."""
-    from pysonic.events import generate_jets
+    """Generate events: particles, AK4 and AK8 jets with truth labels, generator MET (parquet)."""
+    from pysonic.events.dataset import simulate, write_events
     from pysonic.events.generate import PROCESSES
-    from pysonic.events.store import write_jets
 
     if process not in PROCESSES:
         raise typer.BadParameter(f"must be one of {', '.join(PROCESSES)}", param_hint="--process")
+    start = time.monotonic()
     with Progress(console=Console(stderr=True)) as bar:
         task = bar.add_task(f"{process}: generating", total=n)
-        jets = generate_jets(process, n, seed, progress=lambda k: bar.advance(task, k))
-    if not jets:
-        Console().print("[red]no jets passed the selection[/red]")
-        raise typer.Exit(1)
-    write_jets(jets, out)
-    Console().print(f"wrote {len(jets['label'])} jets from {n} {process} events to {out}")
+        events = simulate(process, n, seed, progress=lambda k: bar.advance(task, k))
+    write_events(events, out)
+    Console().print(_summary(events, out, time.monotonic() - start))
+
+
+@app.command()
+def sample(
+    out: Annotated[
+        Path | None, typer.Option(help="Where to write (default: the shipped sample).")
+    ] = None,
+) -> None:
+    """Regenerate the shipped ~2,000-event sample (fixed seeds) and record its checksum."""
+    from pysonic.events.dataset import read_events
+    from pysonic.events.sample import SAMPLE, make_sample
+
+    start = time.monotonic()
+    with Progress(console=Console(stderr=True)) as bar:
+        task = bar.add_task("sample: generating", total=sum(n for _, n, _ in SAMPLE))
+        path = make_sample(out, progress=lambda k: bar.advance(task, k))
+    Console().print(_summary(read_events(path), path, time.monotonic() - start))

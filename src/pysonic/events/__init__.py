@@ -1,39 +1,39 @@
-"""Event generation (Pythia8 via ``pythia8mc``), jet clustering (FastJet) and model inputs.
+"""Event generation (Pythia8 via ``pythia8mc``), jets (FastJet), datasets and model inputs.
 
-Needs the ``events`` extra (``pip install 'pysonic[events]'``). See :mod:`.generate`,
-:mod:`.features` (jets, labels, feature lists) and :mod:`.store` (the parquet schema).
+Generation needs the ``events`` extra (``pip install 'pysonic[events]'``); reading the shipped
+sample needs only awkward. See :mod:`.dataset` (the on-disk schema), :mod:`.inputs` (ParticleNet
+/ ParT / DeepMET inputs), :mod:`.sample` (the shipped sample) and :mod:`.features`.
 
 Example::
 
-    jets = generate_jets("ttbar", n=100, seed=1)
+    events = read_events(sample_path())
+    jets = jet_inputs(events, "ak8")
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from pysonic.events.dataset import (
+    JET_COLLECTIONS,
+    concatenate,
+    file_checksum,
+    read_events,
+    simulate,
+    write_events,
+)
+from pysonic.events.inputs import deepmet_inputs, jet_inputs
+from pysonic.events.sample import SAMPLE, make_sample, sample_path, verify_sample
 
-import numpy as np
-
-__all__ = ["generate_jets"]
-
-
-def generate_jets(
-    process: str, n: int, seed: int, progress: Callable[[int], None] | None = None
-) -> dict[str, np.ndarray]:
-    """Generate ``n`` events and return all their AK8 jets (rows), tagged with process/event."""
-    from pysonic.events.features import build_jets
-    from pysonic.events.generate import generate
-
-    parts = []
-    for i, ev in enumerate(generate(process, n, seed)):
-        jets = build_jets(ev)
-        if jets:
-            count = len(jets["label"])
-            jets["event"] = np.full(count, i, np.int64)
-            jets["process"] = np.array([process] * count)
-            parts.append(jets)
-        if progress is not None:
-            progress(1)
-    if not parts:
-        return {}
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+__all__ = [
+    "JET_COLLECTIONS",
+    "SAMPLE",
+    "concatenate",
+    "deepmet_inputs",
+    "file_checksum",
+    "jet_inputs",
+    "make_sample",
+    "read_events",
+    "sample_path",
+    "simulate",
+    "verify_sample",
+    "write_events",
+]

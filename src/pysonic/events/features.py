@@ -1,29 +1,32 @@
-"""Jets (FastJet anti-kt) and ParticleNet inputs from generated events.
+"""Jets (FastJet anti-kt), truth labels and per-jet ParticleNet / ParT inputs.
 
 Particles enter clustering within a tracker-like acceptance (charged |eta| < 2.5, neutral
-|eta| < 4.7). AK8 jets (R=0.8, pT > 200 GeV, |eta| < 2.0) get truth labels (index into
-:data:`pysonic.models.JET_CLASSES`):
+|eta| < 4.7). Jets get truth labels (index into :data:`pysonic.models.JET_CLASSES`), with the
+jet radius R as the matching cone:
 
-* **top** (0): a hadronic top whose three decay quarks are all within dR < 0.8 of the jet;
-* **W** (1): otherwise a hadronic W with both quarks within dR < 0.8;
-* otherwise the flavour of the hardest outgoing hard-process parton within dR < 0.8:
+* **top** (0): a hadronic top whose three decay quarks are all within R of the jet;
+* **W** (1): otherwise a hadronic W with both quarks within R;
+* otherwise the flavour of the hardest outgoing hard-process parton within R:
   **b** (2), **light** quark (3), **gluon** (4); light if none matches.
 
 Per jet, up to 100 constituents sorted by pT, zero-padded, with :data:`PF_FEATURES` (20), points
-(deta, dphi) and a mask. Secondary vertices: charged constituents grouped by a displaced
-(> 10 um) truth production vertex, up to 10 sorted by pT, with :data:`SV_FEATURES` (11).
+(deta, dphi), four-vectors (px, py, pz, E) and a mask; impact parameters are clipped to
++-100 mm. Secondary vertices: charged constituents grouped by a displaced (> 10 um) truth
+production vertex (at least two tracks, as a vertex fit needs), up to 10 sorted by pT, with
+:data:`SV_FEATURES` (11; flight distances as log(1 + x)), points and summed four-vectors.
+Every feature stays O(10), so float32 inference agrees across runtimes.
 
 Example::
 
-    jets = build_jets(event)          # dict of arrays, one row per AK8 jet
-    jets["pf_features"].shape         # (n_jets, 20, 100)
+    out = jet_features(particles, jet_p4, constituent_indices)
+    out["pf_features"].shape         # (20, 100)
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PF_FEATURES", "SV_FEATURES", "build_jets", "cluster"]
+__all__ = ["N_PF", "N_SV", "PF_FEATURES", "SV_FEATURES", "cluster", "jet_features", "label"]
 
 PF_FEATURES = (
     "log_pt",
@@ -54,13 +57,15 @@ SV_FEATURES = (
     "log_e",
     "mass",
     "ntracks",
-    "lxy",
-    "l3d",
-    "lxy_sig",
+    "log_lxy",
+    "log_l3d",
+    "log_lxy_sig",
     "cos_pointing",
     "log_pt_rel",
 )
 N_PF, N_SV = 100, 10
+D_MAX_MM = 100.0
+_BANNER_SHOWN = False
 
 
 def _kinematics(px: np.ndarray, py: np.ndarray, pz: np.ndarray, e: np.ndarray) -> tuple:
@@ -89,6 +94,16 @@ def cluster(ev: dict, radius: float, pt_min: float) -> list[tuple[np.ndarray, np
         )
         pj.set_user_index(int(i))
         inputs.append(pj)
+    global _BANNER_SHOWN
+    if not _BANNER_SHOWN:  # FastJet prints its banner from C++ on the first clustering
+        from pysonic.events.generate import _quiet_stdout
+
+        with _quiet_stdout():
+            fastjet.ClusterSequence(
+                [fastjet.PseudoJet(1.0, 0.0, 0.0, 1.0)],
+                fastjet.JetDefinition(fastjet.antikt_algorithm, 0.4),
+            )
+        _BANNER_SHOWN = True
     seq = fastjet.ClusterSequence(inputs, fastjet.JetDefinition(fastjet.antikt_algorithm, radius))
     jets = []
     for j in fastjet.sorted_by_pt(seq.inclusive_jets(pt_min)):
@@ -97,7 +112,9 @@ def cluster(ev: dict, radius: float, pt_min: float) -> list[tuple[np.ndarray, np
     return jets
 
 
-def _label(ev: dict, eta: float, phi: float, radius: float = 0.8) -> int:
+def label(ev: dict, eta: float, phi: float, radius: float = 0.8) -> int:
+    """Truth label of a jet at (eta, phi): index into JET_CLASSES (see the module docstring)."""
+
     def close(e2: float, p2: float) -> bool:
         return float(np.hypot(eta - e2, _dphi(phi, p2))) < radius
 
@@ -114,6 +131,14 @@ def _label(ev: dict, eta: float, phi: float, radius: float = 0.8) -> int:
     return 2 if best[0] == 5 else 4
 
 
+def jet_features(ev: dict, jet: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
+    """Padded ParticleNet / ParT inputs of one jet (four-vector ``jet``, constituents ``idx``).
+
+    ``ev`` holds particle arrays (px, py, pz, e, pid, charge, vx, vy, vz) indexed by ``idx``.
+    """
+    return {**_pf(ev, jet, idx), **_sv(ev, jet, idx)}
+
+
 def _pf(ev: dict, jet: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
     jpt, jeta, jphi, jrap = _kinematics(*jet)
     px, py, pz, e = (ev[k][idx] for k in ("px", "py", "pz", "e"))
@@ -125,8 +150,9 @@ def _pf(ev: dict, jet: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
     vx, vy, vz = ev["vx"][sel], ev["vy"][sel], ev["vz"][sel]
     deta, dphi = eta - jeta, _dphi(phi, jphi)
     safe_pt = np.maximum(pt, 1e-9)
-    d0 = (vx * py - vy * px) / safe_pt
-    dz = vz
+    # impact parameters in mm, bounded like a tracker's reach (keeps the inputs O(10))
+    d0 = np.clip((vx * py - vy * px) / safe_pt, -D_MAX_MM, D_MAX_MM)
+    dz = np.clip(vz, -D_MAX_MM, D_MAX_MM)
     feats = np.stack(
         [
             np.log(safe_pt),
@@ -174,6 +200,7 @@ def _sv(ev: dict, jet: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
         "sv_features": np.zeros((len(SV_FEATURES), N_SV), np.float32),
         "sv_points": np.zeros((2, N_SV), np.float32),
         "sv_mask": np.zeros((1, N_SV), np.float32),
+        "sv_vectors": np.zeros((4, N_SV), np.float32),
     }
     if disp.size == 0:
         return out
@@ -186,6 +213,10 @@ def _sv(ev: dict, jet: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
         np.add.at(sums[:, k], group, ev[name][disp])
     ntrk = np.bincount(group, minlength=ngroups)
     first = np.array([disp[group == g][0] for g in range(ngroups)])
+    vertex = ntrk >= 2  # like a vertex fit: one displaced track alone makes no vertex
+    if not vertex.any():
+        return out
+    sums, ntrk, first = sums[vertex], ntrk[vertex], first[vertex]
     vx, vy, vz = ev["vx"][first], ev["vy"][first], ev["vz"][first]
     pt, eta, phi, _ = _kinematics(*sums.T)
     mass = np.sqrt(np.maximum(sums[:, 3] ** 2 - (sums[:, :3] ** 2).sum(1), 0))
@@ -201,9 +232,9 @@ def _sv(ev: dict, jet: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
             np.log(np.maximum(sums[:, 3], 1e-9)),
             mass,
             ntrk,
-            lxy,
-            l3d,
-            lxy / 0.05,
+            np.log1p(lxy),
+            np.log1p(l3d),
+            np.log1p(lxy / 0.05),
             cos,
             np.log(np.maximum(pt, 1e-9) / jpt),
         ]
@@ -213,29 +244,5 @@ def _sv(ev: dict, jet: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
     out["sv_features"][:, :n] = feats[:, order]
     out["sv_points"][:, :n] = feats[:2, order]
     out["sv_mask"][:, :n] = 1
+    out["sv_vectors"][:, :n] = sums[order].T
     return out
-
-
-def build_jets(
-    ev: dict, *, radius: float = 0.8, pt_min: float = 200.0, eta_max: float = 2.0
-) -> dict[str, np.ndarray]:
-    """All AK8 jets of one event as model-ready arrays (first axis: jets)."""
-    rows = []
-    for jet, idx in cluster(ev, radius, pt_min):
-        jpt, jeta, jphi, _ = _kinematics(*jet)
-        if abs(jeta) > eta_max:
-            continue
-        mass = float(np.sqrt(max(jet[3] ** 2 - (jet[:3] ** 2).sum(), 0.0)))
-        row = {
-            **_pf(ev, jet, idx),
-            **_sv(ev, jet, idx),
-            "label": np.int64(_label(ev, float(jeta), float(jphi))),
-            "jet_pt": np.float32(jpt),
-            "jet_eta": np.float32(jeta),
-            "jet_phi": np.float32(jphi),
-            "jet_mass": np.float32(mass),
-        }
-        rows.append(row)
-    if not rows:
-        return {}
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}

@@ -9,7 +9,8 @@ Processes (boosted, so AK8 jets contain the decays):
 MPI is off by default to keep generation fast on a laptop-class CPU (the jets' substructure comes
 from the shower and hadronization; pile-up-like soft activity is not what the taggers learn here).
 Each event becomes plain numpy arrays of its visible final-state particles plus the truth partons
-used for jet labels; the Python loop over Pythia's particles is the extraction, everything after
+used for jet labels and the generator-level missing transverse momentum (the neutrinos' vector
+sum, ``gen_met``); the Python loop over Pythia's particles is the extraction, everything after
 it is vectorized.
 
 Example::
@@ -40,6 +41,10 @@ _COMMON = [
     "Init:showChangedParticleData = off",
     "Print:quiet = on",
     "PartonLevel:MPI = off",
+    # like CMS's generator settings: only particles with c*tau < 10 mm decay (K0S, Lambda, ...
+    # reach the detector), so displaced vertices are the B/D-hadron-like ones a tracker sees
+    "ParticleDecays:limitTau0 = on",
+    "ParticleDecays:tau0Max = 10.",
     "Random:setSeed = on",
 ]
 _HADRONIC_W = ["24:onMode = off", "24:onIfAny = 1 2 3 4 5"]
@@ -121,9 +126,15 @@ def generate(process: str, n: int, seed: int) -> Iterator[dict[str, object]]:
             continue
         ev = pythia.event
         rows = []
+        nu_px = nu_py = 0.0
         for i in range(ev.size()):
             p = ev[i]
-            if p.isFinal() and p.idAbs() not in _NEUTRINOS:
+            if not p.isFinal():
+                continue
+            if p.idAbs() in _NEUTRINOS:
+                nu_px += p.px()
+                nu_py += p.py()
+            else:
                 rows.append(
                     (
                         p.px(),
@@ -148,6 +159,7 @@ def generate(process: str, n: int, seed: int) -> Iterator[dict[str, object]]:
             "vx": arr[:, 6],
             "vy": arr[:, 7],
             "vz": arr[:, 8],
+            "gen_met": (nu_px, nu_py),
             **_truth(ev),
         }
         made += 1
