@@ -27,11 +27,25 @@ __all__ = ["ParticleNetTagger", "build_particlenet", "build_particlenet_lite"]
 
 
 def _knn(points: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices [N, P, k] of each point's k nearest other points (points: [N, C, P])."""
+    """Indices [N, P, k] of each point's k nearest other points (points: [N, C, P]).
+
+    Ties are broken explicitly, because which of two equally distant points a runtime's top-k
+    returns is unspecified: two points at the same place (e.g. a vertex and a particle along
+    the same direction) would otherwise get different neighbours in ONNX Runtime and torch.
+    A point is excluded from its own neighbours (not by dropping the first of k+1, which may be
+    its twin), and the distance to point j is scaled by (1 + j 2^-20) and shifted by j 1e-30,
+    so equal distances rank by index while distinct ones (beyond ~1e-4 relative) keep their
+    order.
+    """
     inner = -2 * torch.matmul(points.transpose(2, 1), points)
     sq = torch.sum(points * points, dim=1, keepdim=True)
     dist = -sq - inner - sq.transpose(2, 1)  # negative squared distance
-    return dist.topk(k=k + 1, dim=-1)[1][:, :, 1:]
+    index = torch.arange(points.shape[-1], device=points.device)
+    rank = index.to(dist.dtype).view(1, 1, -1)
+    dist = dist * (1.0 + rank * 2.0**-20) - rank * 1e-30
+    self_pair = index.unsqueeze(0) == index.unsqueeze(1)
+    dist = torch.where(self_pair, torch.full_like(dist, -1e30), dist)
+    return dist.topk(k=k, dim=-1)[1]
 
 
 def _neighbours(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
