@@ -97,7 +97,9 @@ def config_text(spec: ModelSpec) -> str:
         "dynamic_batching {\n"
         f"  preferred_batch_size: {list(spec.preferred_batch_sizes)}\n"
         f"  max_queue_delay_microseconds: {spec.max_queue_delay_us}\n}}\n"
-        "instance_group [{ count: 1 kind: KIND_CPU }]\n"
+        f"instance_group [{{ count: {spec.instances} kind: KIND_CPU }}]\n"
+        'parameters { key: "intra_op_thread_count" '
+        f'value {{ string_value: "{spec.intra_op_threads}" }} }}\n'
     )
 
 

@@ -51,6 +51,11 @@ class ModelSpec:
     max_queue_delay_us: int = 2000
     #: where the padded (particle) axis is: last for jets ([C, P]), first for events ([P, C])
     points_first: bool = False
+    #: CPU serving defaults, chosen by measurement on a 2-core host shared with the job
+    #: (benchmarks/workflow.py): single-threaded instances (no intra-op spinning against the
+    #: job's threads), two of them so one model's long batch does not idle a core
+    instances: int = 2
+    intra_op_threads: int = 1
 
 
 _PN_INPUTS = (
@@ -64,7 +69,10 @@ _PN_INPUTS = (
 _JET_OUT = (TensorSpec("softmax", (len(JET_CLASSES),)),)
 
 PARTICLENET = ModelSpec("particlenet", _PN_INPUTS, _JET_OUT)
-PARTICLENET_LITE = ModelSpec("particlenet_lite", _PN_INPUTS, _JET_OUT)
+#: per-jet cost on one CPU thread is lowest at batches of 8-16
+PARTICLENET_LITE = ModelSpec(
+    "particlenet_lite", _PN_INPUTS, _JET_OUT, preferred_batch_sizes=(8, 16, 64)
+)
 
 #: Particle Transformer: features plus four-vectors (px, py, pz, E) for the pairwise interactions.
 PART = ModelSpec(
@@ -79,7 +87,9 @@ PART = ModelSpec(
     ),
     _JET_OUT,
     max_batch_size=256,
-    preferred_batch_sizes=(16, 64),
+    # on one CPU thread ParT's per-jet cost grows with the batch (10.0 ms at 1, 11.5 at 16):
+    # batch little on a CPU server (a GPU server's config would prefer large batches)
+    preferred_batch_sizes=(2, 4),
 )
 
 #: DeepMET-like: every particle of the event (padded to 4,500, padding all zero / category 0).
@@ -96,7 +106,7 @@ DEEPMET = ModelSpec(
     ),
     (TensorSpec("met", (2,)),),
     max_batch_size=64,
-    preferred_batch_sizes=(4, 16, 64),
+    preferred_batch_sizes=(1, 2),  # per-event cost grows with the batch on a CPU thread
     points_first=True,
 )
 
