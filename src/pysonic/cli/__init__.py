@@ -16,7 +16,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.table import Table
 
 from pysonic._version import __version__
 
@@ -32,10 +31,11 @@ console = Console()
 
 
 def _register_subcommands() -> None:
-    from pysonic.cli import events, models
+    from pysonic.cli import events, models, workflow
 
     app.add_typer(models.app, name="models")
     app.add_typer(events.app, name="events")
+    app.add_typer(workflow.app, name="workflow")
 
 
 _register_subcommands()
@@ -138,47 +138,64 @@ def serve(
 
 @app.command()
 def demo(
-    model_repository: Annotated[Path, typer.Option(help="Model repository to serve.")] = Path(
-        "model_repository"
-    ),
-    repeats: Annotated[int, typer.Option(help="Timed calls per model and batch size.")] = 30,
+    quick: Annotated[bool, typer.Option(help="A shorter run (fewer events).")] = False,
+    events: Annotated[int, typer.Option(help="Events per run (0 = 300, quick: 120).")] = 0,
+    streams: Annotated[int, typer.Option(help="Concurrent events (streams).", min=1)] = 4,
+    threads: Annotated[int, typer.Option(help="Framework threads.", min=1)] = 2,
+    server: Annotated[
+        str | None, typer.Option(help="Use this server (HOST:PORT) instead of a local one.")
+    ] = None,
+    site: Annotated[
+        Path | None, typer.Option(help="Use a site configuration (TOML) for the servers.")
+    ] = None,
+    model_repository: Annotated[
+        Path, typer.Option(help="Model repository (local server and direct inference).")
+    ] = Path("model_repository"),
+    out_dir: Annotated[Path, typer.Option(help="Where outputs and the plot go.")] = Path("out"),
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the results as JSON here.")
+    ] = None,
 ) -> None:
-    """Start a local server on the bundled models, run real requests, compare with direct."""
-    from pysonic.demo import run_demo
+    """Run the miniAOD-like workflow on the bundled events, direct and through SONIC (async)."""
+    from pysonic.cli._demo import print_demo
+    from pysonic.demo import DemoOptions, run_demo
 
     logging.basicConfig(level=logging.WARNING)
-    if not model_repository.is_dir():
+    if not (model_repository / "particlenet_lite").is_dir():
         console.print(
             f"[red]model repository {model_repository} not found[/red] "
             "(run from the pysonic checkout or pass --model-repository)"
         )
         raise typer.Exit(2)
-    with console.status("starting a local pysonic server and running requests..."):
-        rows = run_demo(model_repository, repeats=repeats)
-    table = Table(title="pysonic demo: tritonclient -> local pysonic server vs direct onnxruntime")
-    for col in (
-        "model",
-        "batch",
-        "served p50 (ms)",
-        "direct p50 (ms)",
-        "direct/served",
-        "max |diff|",
-        "result",
-    ):
-        table.add_column(col, justify="right" if col != "model" else "left")
-    for r in rows:
-        table.add_row(
-            r.model,
-            str(r.batch),
-            f"{r.served_ms:.3f}",
-            f"{r.direct_ms:.3f}",
-            f"{r.served_over_direct:.2f}",
-            f"{r.max_abs_diff:.2e}",
-            "[green]OK[/green]" if r.ok else "[red]MISMATCH[/red]",
-        )
-    console.print(table)
-    if not rows or not all(r.ok for r in rows):
-        raise typer.Exit(1)
+    options = DemoOptions(
+        model_repository=model_repository,
+        events=events,
+        streams=streams,
+        threads=threads,
+        quick=quick,
+        server=server,
+        site=site,
+        out_dir=out_dir,
+    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (TextColumn("{task.description:<28}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        result = run_demo(options, progress)
+    print_demo(result, console)
+    if json_path is not None:
+        import json
+
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result.to_dict(), indent=2))
+        console.print(f"results: {json_path}")
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pysonic.server.app import Server, ServerOptions, StartupError
 from pysonic.server.core import InferenceCore
 from pysonic.server.embedded import EmbeddedServer
+from pysonic.server.process import ServerProcess
 from pysonic.server.state import ServerState
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "InferenceCore",
     "Server",
     "ServerOptions",
+    "ServerProcess",
     "ServerState",
     "StartupError",
 ]
