@@ -58,15 +58,13 @@ class DirectPoint:
 
 
 def _model_file(path: Path) -> tuple[str, Path]:
-    """Accept a Triton model directory (newest numeric version) or an .onnx file."""
+    """Accept a Triton model directory (its newest served version) or an .onnx file."""
     path = Path(path)
     if path.is_file():
         return path.parent.parent.name if path.parent.name.isdigit() else path.stem, path
-    versions = sorted((int(p.name) for p in path.iterdir() if p.name.isdigit()), reverse=True)
-    if not versions:
-        msg = f"{path}: no numeric version directory with a model.onnx"
-        raise FileNotFoundError(msg)
-    return path.name, path / str(versions[0]) / "model.onnx"
+    from pysonic.repository import ModelRepository
+
+    return path.name, ModelRepository(path.parent).load(path.name).model_file()
 
 
 def _input_factory(name: str, session: Any) -> Callable[[int, int], dict[str, np.ndarray]]:

@@ -49,6 +49,12 @@ class ModelDefinition:
     path: Path
     versions: dict[int, Path]
 
+    def model_file(self, version: int | None = None) -> Path:
+        """The model file of ``version`` (default: the newest version served)."""
+        return model_file_path(
+            self.config, self.versions[max(self.versions) if version is None else version]
+        )
+
 
 def load_model_config(model_dir: Path, *, strict: bool = False) -> ModelConfig:
     """Parse, auto-complete, normalize and validate the config of the model in ``model_dir``.

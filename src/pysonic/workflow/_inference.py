@@ -48,16 +48,6 @@ class InferenceBackend(Protocol):
     def close(self) -> None: ...
 
 
-def _newest_model_file(model_dir: Path) -> Path:
-    versions = sorted((int(p.name) for p in model_dir.iterdir() if p.name.isdigit()), reverse=True)
-    for v in versions:
-        path = model_dir / str(v) / "model.onnx"
-        if path.exists():
-            return path
-    msg = f"{model_dir}: no version directory with a model.onnx"
-    raise FileNotFoundError(msg)
-
-
 class DirectInference:
     """In-process onnxruntime on the calling thread (``intra_op_threads`` per call)."""
 
@@ -69,7 +59,10 @@ class DirectInference:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
-        self.path = _newest_model_file(Path(model_dir))
+        from pysonic.repository import ModelRepository
+
+        model_dir = Path(model_dir)
+        self.path = ModelRepository(model_dir.parent).load(model_dir.name).model_file()
         self._session = ort.InferenceSession(
             str(self.path), opts, providers=["CPUExecutionProvider"]
         )
