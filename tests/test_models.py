@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from _onnx_compare import assert_same_export
 from pysonic.models import JET_CLASSES
 from pysonic.models import MODELS as ALL_MODELS
 from pysonic.repository import load_model_config
@@ -55,9 +56,7 @@ def test_onnx_matches_torch_and_ignores_padding(name: str, tmp_path: Path) -> No
 
     spec = EXPORTABLE[name]
     path = export_model(name, tmp_path)
-    assert (
-        path.read_bytes() == (ROOT / "model_repository" / name / "1" / "model.onnx").read_bytes()
-    ), "run: pysonic models export"
+    assert_same_export(path, ROOT / "model_repository" / name / "1" / "model.onnx")
     feeds = example_inputs(spec, 8, seed=11)
     with torch.no_grad():
         want = build(name)(*[torch.from_numpy(feeds[t.name]) for t in spec.inputs]).numpy()

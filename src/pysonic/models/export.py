@@ -2,7 +2,8 @@
 
 Fixed seed, ``torch.onnx.export(..., dynamo=False)`` (the TorchScript exporter; the dynamo one needs
 onnxscript), opset 17, dynamic batch axis ``N``, ``onnx.checker`` passes, and the file is
-re-serialized with protobuf's deterministic mode so two exports are byte-identical. Trained
+re-serialized with protobuf's deterministic mode so two exports on one machine are byte-identical
+(across CPU models, BatchNorm folding may round weights differently by an ULP). Trained
 weights, where a model has them, ship as ``pysonic/models/weights/<name>.npz`` (numpy, no torch
 needed to read them) and are loaded before export.
 
