@@ -127,6 +127,7 @@ async def closed_loop(
 ) -> LoadWindow:
     """``concurrency`` workers in one process; a warm-up, then the timed window."""
     import tritonclient.grpc.aio as grpcclient
+    from tritonclient.utils import InferenceServerException
 
     sets = _prepared(target)
     latencies: list[int] = []
@@ -144,7 +145,7 @@ async def closed_loop(
                 start = now()
                 try:
                     await infer(target.model, inputs, model_version=version, outputs=outputs)
-                except Exception as err:  # a failed request is counted, the load goes on
+                except InferenceServerException as err:  # counted; the load goes on
                     if state["timed"]:
                         errors.append(str(err))
                     continue
@@ -184,7 +185,7 @@ def _worker_main(
     try:
         window = _run(closed_loop(target, concurrency, seconds, warmup=warmup, barrier=barrier))
         out.put(("ok", window))
-    except BaseException as err:
+    except Exception as err:  # noqa: BLE001 - reported to the parent, which raises it
         barrier.abort()
         out.put(("error", f"{type(err).__name__}: {err}"))
 
