@@ -122,7 +122,7 @@ def test_encode_response() -> None:
         ],
         id="q",
     )
-    msg = encode_infer_response(resp)
+    msg = service_pb2.ModelInferResponse.FromString(encode_infer_response(resp))
     assert msg.id == "q"
     assert msg.model_version == "1"
     assert [o.name for o in msg.outputs] == ["a", "s"]
@@ -131,3 +131,32 @@ def test_encode_response() -> None:
         np.frombuffer(msg.raw_output_contents[0], np.float32), data.ravel()
     )
     assert list(deserialize_bytes(msg.raw_output_contents[1], 2)) == [b"x", b"yz"]
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(6, dtype=np.float32).reshape(2, 3).astype(ml_dtypes.bfloat16),
+        np.zeros((0, 5), np.float32),
+        np.arange(12.0).reshape(3, 4)[:, ::2],  # not contiguous
+        np.array([True, False, True]),
+        np.float16(2.5) * np.ones((1, 2), np.float16),
+    ],
+    ids=["bf16", "zero-size", "strided", "bool", "fp16"],
+)
+def test_wire_encoders_round_trip(array: np.ndarray) -> None:
+    """Requests and responses written as wire bytes decode to the same tensors."""
+    from pysonic.protocol.datatypes import from_numpy_dtype
+    from pysonic.protocol.grpc_codec import decode_infer_response, encode_infer_request
+    from pysonic.protocol.types import InferRequest
+
+    tensor = InferTensor("t", from_numpy_dtype(array.dtype), array.shape, array)
+    wire = encode_infer_request(InferRequest("m", [tensor], id="7"))
+    req = decode_infer_request(service_pb2.ModelInferRequest.FromString(wire))
+    assert req.id == "7"
+    np.testing.assert_array_equal(req.inputs[0].data, array)
+    assert req.inputs[0].data.dtype == array.dtype
+    wire = encode_infer_response(InferResponse("m", "1", [tensor], id="7"))
+    resp = decode_infer_response(service_pb2.ModelInferResponse.FromString(wire))
+    np.testing.assert_array_equal(resp.outputs[0].data, array)
+    assert resp.outputs[0].shape == array.shape

@@ -52,8 +52,13 @@ class Step(Producer):
     """Puts its products (sum of its inputs + 1), logging start/end; ``hook`` runs in between."""
 
     def __init__(
-        self, name: str, consumes: tuple[str, ...] = (), *, log: Log | None = None,
-        hook: Callable[[Event], None] | None = None, work_s: float = 0.0,
+        self,
+        name: str,
+        consumes: tuple[str, ...] = (),
+        *,
+        log: Log | None = None,
+        hook: Callable[[Event], None] | None = None,
+        work_s: float = 0.0,
     ) -> None:
         super().__init__(name, consumes=consumes, produces=(name.lower(),))
         self.log, self.hook, self.work_s = log, hook, work_s
@@ -108,8 +113,12 @@ class PairingServer:
 
 
 class Remote(ExternalWork):
-    def __init__(self, name: str, submit: Callable[[Event, WaitingTaskHolder], None],
-                 consumes: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        submit: Callable[[Event, WaitingTaskHolder], None],
+        consumes: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(name, consumes=consumes, produces=(name.lower(),))
         self.submit = submit
         self.produced: list[int] = []
@@ -135,8 +144,12 @@ def test_process_error_is_a_pysonic_error() -> None:
 def test_chain_and_diamond_respect_dependencies(threads: int) -> None:
     log = Log()
     modules = [  # deliberately not in dependency order
-        Step("C", ("b",), log=log), Step("B", ("a",), log=log), Step("A", log=log),
-        Step("D", ("a",), log=log), Step("E", ("a",), log=log), Step("F", ("d", "e"), log=log),
+        Step("C", ("b",), log=log),
+        Step("B", ("a",), log=log),
+        Step("A", log=log),
+        Step("D", ("a",), log=log),
+        Step("E", ("a",), log=log),
+        Step("F", ("d", "e"), log=log),
     ]
     done: list[Event] = []
     Process(modules, streams=3, threads=threads).run(range(10), on_event_done=done.append)
@@ -152,8 +165,12 @@ def test_chain_and_diamond_respect_dependencies(threads: int) -> None:
 def test_independent_modules_of_one_event_overlap() -> None:
     # B and C both wait on one barrier: it only opens if they run at the same time
     barrier = threading.Barrier(2, timeout=DEADLINE_S)
-    modules = [Step("A"), Step("B", ("a",), hook=lambda _: barrier.wait()),
-               Step("C", ("a",), hook=lambda _: barrier.wait()), Step("D", ("b", "c"))]
+    modules = [
+        Step("A"),
+        Step("B", ("a",), hook=lambda _: barrier.wait()),
+        Step("C", ("a",), hook=lambda _: barrier.wait()),
+        Step("D", ("b", "c")),
+    ]
     done: list[Event] = []
     Process(modules, streams=1, threads=2).run([5], on_event_done=done.append)
     assert done[0].get("d") == 2 * 5 + 3

@@ -8,7 +8,6 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -105,12 +104,20 @@ def serve(
         float, typer.Option(help="Seconds in-flight requests get to finish on shutdown.")
     ] = 30.0,
     log_verbose: Annotated[int, typer.Option(help="Verbose logging level (0 = info).")] = 0,
+    event_loop: Annotated[
+        str, typer.Option(help="auto (uvloop when installed) | asyncio | uvloop")
+    ] = "auto",
 ) -> None:
     """Serve a Triton model repository over Triton's gRPC protocol."""
+    from pysonic._loop import EVENT_LOOPS, run
     from pysonic.server import Server, ServerOptions, StartupError
     from pysonic.server.state import MODEL_CONTROL_MODES
 
     _setup_logging(log_verbose)
+    if event_loop not in EVENT_LOOPS:
+        raise typer.BadParameter(
+            f"must be one of {', '.join(EVENT_LOOPS)}", param_hint="--event-loop"
+        )
     if model_control_mode not in MODEL_CONTROL_MODES:
         raise typer.BadParameter(
             f"must be one of {', '.join(MODEL_CONTROL_MODES)}", param_hint="--model-control-mode"
@@ -130,7 +137,7 @@ def serve(
         drain_timeout=drain_timeout,
     )
     try:
-        asyncio.run(Server(options).serve())
+        run(Server(options).serve(), loop=event_loop)
     except StartupError as err:
         logging.getLogger("pysonic").error("%s", err.message)
         raise typer.Exit(1) from None

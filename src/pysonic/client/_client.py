@@ -31,6 +31,7 @@ from typing import Any, Literal, TypeVar
 
 import numpy as np
 
+from pysonic._loop import new_event_loop
 from pysonic.client._modelcheck import check_model_config
 from pysonic.client._transport import AsyncTransport
 from pysonic.errors import InvalidArgumentError, UnimplementedError
@@ -200,7 +201,7 @@ class _LoopThread:
     _shared: _LoopThread | None = None
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         self._users = 0
         self._thread = threading.Thread(
             target=self.loop.run_forever, name="pysonic-client", daemon=True

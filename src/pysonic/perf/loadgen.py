@@ -4,9 +4,9 @@
 the next), cycling through a pool of prepared input sets, so the server sees a constant number of
 outstanding requests. Requests are built once (``tritonclient``'s ``InferInput`` holds the
 serialized bytes), so the generator spends its time on the RPCs, not on numpy. It runs on uvloop
-when that is installed. When one process cannot keep up (a trivial model on a fast server), the
-workers are split over several processes that start their timed window together (a barrier after
-warm-up) and report their latencies back.
+when that is installed (``pysonic._loop``). When one process cannot keep up (a trivial model on a
+fast server), the workers are split over several processes that start their timed window
+together (a barrier after warm-up) and report their latencies back.
 
 Any Triton-protocol server is a target: pysonic, NVIDIA Triton, PyTriton, MLServer.
 
@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from pysonic._loop import run
 from pysonic.protocol.datatypes import from_numpy_dtype
 
 __all__ = ["LoadTarget", "LoadWindow", "closed_loop", "measure"]
@@ -171,19 +172,11 @@ async def closed_loop(
     )
 
 
-def _run(coro: Any) -> Any:
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
-
-
 def _worker_main(
     target: LoadTarget, concurrency: int, seconds: float, warmup: float, barrier: Any, out: Any
 ) -> None:
     try:
-        window = _run(closed_loop(target, concurrency, seconds, warmup=warmup, barrier=barrier))
+        window = run(closed_loop(target, concurrency, seconds, warmup=warmup, barrier=barrier))
         out.put(("ok", window))
     except Exception as err:  # noqa: BLE001 - reported to the parent, which raises it
         barrier.abort()
@@ -218,7 +211,7 @@ def measure(
     that many processes (spawned, so nothing of the caller's state is shared)."""
     processes = max(1, min(processes, concurrency))
     if processes == 1:
-        return _run(closed_loop(target, concurrency, seconds, warmup=warmup))
+        return run(closed_loop(target, concurrency, seconds, warmup=warmup))
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(processes)
     out = ctx.Queue()

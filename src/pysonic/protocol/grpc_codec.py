@@ -29,6 +29,7 @@ __all__ = [
     "decode_parameters",
     "encode_infer_request",
     "encode_infer_response",
+    "varint",
 ]
 
 _CONTENT_FIELD = {
@@ -46,6 +47,7 @@ _CONTENT_FIELD = {
     "BYTES": "bytes_contents",
 }
 _SHM_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
+_FIXED_SIZE = {k: to_numpy_dtype(k) for k in _CONTENT_FIELD.keys() | {"FP16", "BF16"} if k != BYTES}
 
 
 def decode_parameters(params: Any) -> dict[str, Any]:
@@ -61,43 +63,61 @@ def decode_infer_request(msg: service_pb2.ModelInferRequest) -> InferRequest:
     """Decode a ``ModelInferRequest``; tensors are views over the message's bytes."""
     raw = msg.raw_input_contents
     n_raw = len(raw)
-    n_inputs = len(msg.inputs)
-    if n_raw and n_raw != n_inputs:
-        msg_ = f"expected raw_input_contents for all {n_inputs} inputs or none, got {n_raw}"
+    if n_raw and n_raw != len(msg.inputs):
+        msg_ = f"expected raw_input_contents for all {len(msg.inputs)} inputs or none, got {n_raw}"
         raise InvalidArgumentError(msg_)
     inputs: list[InferTensor] = []
     for i, t in enumerate(msg.inputs):
-        params = decode_parameters(t.parameters) if t.parameters else {}
-        if any(k in params for k in _SHM_KEYS):
-            err = f"input '{t.name}': shared-memory inputs are not supported by this server yet"
-            raise UnimplementedError(err)
-        shape = tuple(t.shape)
-        if any(d < 0 for d in shape):
-            err = f"input '{t.name}': shape {list(shape)} has a negative dimension"
+        params = _tensor_parameters(t, "input") if t.parameters else {}
+        name, datatype, shape = t.name, t.datatype, tuple(t.shape)
+        if shape and min(shape) < 0:
+            err = f"input '{name}': shape {list(shape)} has a negative dimension"
             raise InvalidArgumentError(err)
         if n_raw:
-            data = _from_raw(t.name, t.datatype, shape, raw[i])
+            data = _from_raw(name, datatype, shape, raw[i])
         elif t.HasField("contents"):
-            data = _from_contents(t.name, t.datatype, shape, t.contents)
+            data = _from_contents(name, datatype, shape, t.contents)
         else:
-            err = f"input '{t.name}': no data (neither raw_input_contents nor contents given)"
+            err = f"input '{name}': no data (neither raw_input_contents nor contents given)"
             raise InvalidArgumentError(err)
-        inputs.append(InferTensor(t.name, t.datatype, shape, data, params))
-    outputs = []
-    for o in msg.outputs:
-        oparams = decode_parameters(o.parameters) if o.parameters else {}
-        if any(k in oparams for k in _SHM_KEYS):
-            err = f"output '{o.name}': shared-memory outputs are not supported by this server yet"
-            raise UnimplementedError(err)
-        outputs.append(RequestedOutput(o.name, oparams))
+        inputs.append(InferTensor(name, datatype, shape, data, params))
+    outputs = [
+        RequestedOutput(o.name, _tensor_parameters(o, "output") if o.parameters else {})
+        for o in msg.outputs
+    ]
     return InferRequest(
-        model_name=msg.model_name,
-        model_version=msg.model_version,
-        id=msg.id,
-        inputs=inputs,
-        outputs=outputs,
-        parameters=decode_parameters(msg.parameters) if msg.parameters else {},
+        msg.model_name,
+        inputs,
+        msg.model_version,
+        msg.id,
+        outputs,
+        decode_parameters(msg.parameters) if msg.parameters else {},
     )
+
+
+def _tensor_parameters(t: Any, kind: str) -> dict[str, Any]:
+    params = decode_parameters(t.parameters)
+    if any(k in params for k in _SHM_KEYS):
+        err = f"{kind} '{t.name}': shared-memory {kind}s are not supported by this server yet"
+        raise UnimplementedError(err)
+    return params
+
+
+def _from_raw(name: str, datatype: str, shape: tuple[int, ...], buf: bytes) -> np.ndarray:
+    dtype = _FIXED_SIZE.get(datatype)
+    count = math.prod(shape)
+    if dtype is None:
+        if datatype == BYTES:
+            return deserialize_bytes(buf, count, name=name).reshape(shape)
+        dtype = _dtype(name, datatype)  # raises: unknown datatype
+    expected = count * dtype.itemsize
+    if len(buf) != expected:
+        msg = (
+            f"input '{name}': raw data has {len(buf)} bytes, expected {expected} "
+            f"for shape {list(shape)} of {datatype}"
+        )
+        raise InvalidArgumentError(msg)
+    return np.frombuffer(buf, dtype).reshape(shape)
 
 
 def _dtype(name: str, datatype: str) -> np.dtype:
@@ -106,21 +126,6 @@ def _dtype(name: str, datatype: str) -> np.dtype:
     except PysonicError as err:
         msg = f"input '{name}': {err.message}"
         raise InvalidArgumentError(msg) from None
-
-
-def _from_raw(name: str, datatype: str, shape: tuple[int, ...], buf: bytes) -> np.ndarray:
-    count = math.prod(shape)
-    if datatype == BYTES:
-        return deserialize_bytes(buf, count, name=name).reshape(shape)
-    dtype = _dtype(name, datatype)
-    expected = count * dtype.itemsize
-    if len(buf) != expected:
-        msg = (
-            f"input '{name}': raw data has {len(buf)} bytes, expected {expected} "
-            f"for shape {list(shape)} of {datatype}"
-        )
-        raise InvalidArgumentError(msg)
-    return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
 def _from_contents(
@@ -150,22 +155,37 @@ def _from_contents(
         raise InvalidArgumentError(msg) from None
 
 
-def encode_infer_response(resp: InferResponse) -> service_pb2.ModelInferResponse:
-    """Encode outputs as raw contents (one copy per tensor, forced by protobuf's bytes field)."""
+def encode_infer_response(resp: InferResponse) -> bytes:
+    """Serialize a response to ModelInferResponse wire bytes, each output copied exactly once.
+
+    The header (names, shapes, parameters) goes through protobuf; each output's bytes are
+    appended as a ``raw_output_contents`` field straight from the array's buffer (protobuf would
+    copy a tensor twice more: into the message, then into the serialized string)."""
     msg = service_pb2.ModelInferResponse(
         model_name=resp.model_name, model_version=resp.model_version, id=resp.id
     )
-    raws = []
+    parts: list[bytes | memoryview] = [b""]
+    add = msg.outputs.add
     for t in resp.outputs:
-        out = msg.outputs.add()
-        out.name = t.name
-        out.datatype = t.datatype
-        out.shape.extend(t.shape)
-        raws.append(serialize_bytes(t.data) if t.datatype == BYTES else t.data.tobytes())
-    msg.raw_output_contents.extend(raws)
+        add(name=t.name, datatype=t.datatype, shape=t.shape)
+        parts += _raw_field(_RAW_OUTPUT_TAG, t)
     for key, value in resp.parameters.items():
         _set_parameter(msg.parameters[key], value)
-    return msg
+    parts[0] = msg.SerializeToString()
+    return b"".join(parts)
+
+
+def _raw_field(tag: bytes, t: InferTensor) -> tuple[bytes, bytes, bytes | memoryview]:
+    """A length-delimited ``raw_*_contents`` entry: tag, length, the tensor's bytes (a view)."""
+    if t.datatype == BYTES:
+        data: bytes | memoryview = serialize_bytes(t.data)
+        return tag, varint(len(data)), data
+    arr = t.data
+    if not arr.flags.c_contiguous or arr.dtype.kind == "V" or not arr.size:
+        # as uint8: a memoryview cannot carry BF16's dtype, nor be cast when a dimension is 0
+        arr = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+    data = memoryview(arr)
+    return tag, varint(data.nbytes), data
 
 
 def _set_parameter(p: service_pb2.InferParameter, value: Any) -> None:
@@ -192,15 +212,8 @@ def encode_infer_request(req: InferRequest) -> bytes:
     )
     parts: list[bytes | memoryview] = [b""]
     for t in req.inputs:
-        inp = msg.inputs.add()
-        inp.name = t.name
-        inp.datatype = t.datatype
-        inp.shape.extend(t.shape)
-        if t.datatype == BYTES:
-            data: bytes | memoryview = serialize_bytes(t.data)
-        else:
-            data = memoryview(np.ascontiguousarray(t.data)).cast("B")
-        parts += [_RAW_INPUT_TAG, _varint(len(data)), data]
+        msg.inputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+        parts += _raw_field(_RAW_INPUT_TAG, t)
     for o in req.outputs:
         out = msg.outputs.add()
         out.name = o.name
@@ -213,18 +226,22 @@ def encode_infer_request(req: InferRequest) -> bytes:
 
 
 _RAW_INPUT_TAG = bytes([(7 << 3) | 2])  # ModelInferRequest.raw_input_contents, length-delimited
+_RAW_OUTPUT_TAG = bytes([(6 << 3) | 2])  # ModelInferResponse.raw_output_contents
 
 
-def _varint(value: int) -> bytes:
+def varint(value: int) -> bytes:
+    """Protobuf's base-128 varint encoding of a non-negative integer."""
+    if value < 0x80:
+        return _SMALL_VARINTS[value]
     out = bytearray()
-    while True:
-        byte = value & 0x7F
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
         value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
+    out.append(value)
+    return bytes(out)
+
+
+_SMALL_VARINTS = [bytes((v,)) for v in range(0x80)]
 
 
 def decode_infer_response(msg: service_pb2.ModelInferResponse) -> InferResponse:

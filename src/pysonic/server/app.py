@@ -23,13 +23,12 @@ from types import TracebackType
 
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
-from tritonclient.grpc import service_pb2_grpc
 
 from pysonic.errors import PysonicError
 from pysonic.repository import ModelRepository
 from pysonic.scheduling import DEFAULT_QUEUE_CAP
 from pysonic.server.core import InferenceCore
-from pysonic.server.grpc_service import InferenceServicer
+from pysonic.server.grpc_service import InferenceServicer, add_to_server
 from pysonic.server.metrics import TritonMetricsCollector
 from pysonic.server.state import ServerState
 
@@ -104,9 +103,7 @@ class Server:
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ]
         )
-        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.core, self.state), self._grpc
-        )
+        add_to_server(InferenceServicer(self.core, self.state), self._grpc)
         try:
             self.grpc_port = self._grpc.add_insecure_port(_address(opts.host, opts.grpc_port))
         except RuntimeError as err:

@@ -16,6 +16,7 @@ import concurrent.futures
 import threading
 from types import TracebackType
 
+from pysonic._loop import new_event_loop
 from pysonic.server.app import Server, ServerOptions
 
 __all__ = ["EmbeddedServer"]
@@ -27,7 +28,7 @@ class EmbeddedServer:
     def __init__(self, options: ServerOptions, *, start_timeout: float = 120.0) -> None:
         self.server = Server(options)
         self._start_timeout = start_timeout
-        self._loop = asyncio.new_event_loop()
+        self._loop = new_event_loop()
         self._thread = threading.Thread(target=self._run, name="pysonic-embedded", daemon=True)
 
     def _run(self) -> None:

@@ -4,12 +4,15 @@ Every handler maps ``PysonicError`` to its gRPC status through :func:`pysonic.er
 anything else becomes INTERNAL and is logged once with the request id. RPCs this server does not
 provide (shared memory, trace, logging settings) answer UNIMPLEMENTED with a message.
 
+Handlers are registered from the service's protobuf descriptor (:func:`add_to_server`), as the
+generated ``add_GRPCInferenceServiceServicer_to_server`` does, except that ModelInfer and
+ModelStreamInfer answer wire bytes built by :func:`encode_infer_response` (each output tensor
+copied once, not three times through a protobuf message).
+
 Example::
 
     server = grpc.aio.server()
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(core, state), server
-    )
+    add_to_server(InferenceServicer(core, state), server)
 """
 
 from __future__ import annotations
@@ -34,11 +37,12 @@ from pysonic.protocol.grpc_codec import (
     decode_infer_request,
     decode_parameters,
     encode_infer_response,
+    varint,
 )
 from pysonic.server.core import InferenceCore
 from pysonic.server.state import ServerState
 
-__all__ = ["EXTENSIONS", "InferenceServicer"]
+__all__ = ["EXTENSIONS", "InferenceServicer", "add_to_server"]
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +191,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return service_pb2.RepositoryModelUnloadResponse()
 
     # ------------------------------------------------------------------ inference
-    @_rpc(service_pb2.ModelInferResponse)
-    async def ModelInfer(self, request: Any, context: Any) -> service_pb2.ModelInferResponse:
+    @_rpc(bytes)
+    async def ModelInfer(self, request: Any, context: Any) -> bytes:
         if not self.state.accepting:
             raise UnavailableError("server is shutting down")
         response = await self.core.infer(decode_infer_request(request))
@@ -196,9 +200,9 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: Any
-    ) -> AsyncIterator[service_pb2.ModelStreamInferResponse]:
+    ) -> AsyncIterator[bytes]:
         """Bidirectional stream: requests run concurrently, responses go out as they finish."""
-        out: asyncio.Queue[service_pb2.ModelStreamInferResponse | None] = asyncio.Queue()
+        out: asyncio.Queue[bytes | None] = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
         tasks: set[asyncio.Task[None]] = set()
 
@@ -207,9 +211,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 if not self.state.accepting:
                     raise UnavailableError("server is shutting down")
                 resp = await self.core.infer(decode_infer_request(request))
-                await out.put(
-                    service_pb2.ModelStreamInferResponse(infer_response=encode_infer_response(resp))
-                )
+                await out.put(_stream_response(encode_infer_response(resp)))
             except PysonicError as err:
                 await out.put(_stream_error(request, err.message))
             except Exception:
@@ -270,10 +272,47 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         await self._unimplemented("log settings", context)
 
 
-def _stream_error(request: Any, message: str) -> service_pb2.ModelStreamInferResponse:
+def _stream_response(infer_response: bytes) -> bytes:
+    """ModelStreamInferResponse wire bytes around an encoded ``infer_response`` (field 2)."""
+    return b"".join((_STREAM_INFER_RESPONSE_TAG, varint(len(infer_response)), infer_response))
+
+
+_STREAM_INFER_RESPONSE_TAG = bytes([(2 << 3) | 2])
+
+
+def _stream_error(request: Any, message: str) -> bytes:
     return service_pb2.ModelStreamInferResponse(
         error_message=message,
         infer_response=service_pb2.ModelInferResponse(
             model_name=request.model_name, model_version=request.model_version, id=request.id
         ),
+    ).SerializeToString()
+
+
+#: Methods whose handlers return serialized bytes rather than messages.
+_WIRE_BYTES_RESPONSES = frozenset({"ModelInfer", "ModelStreamInfer"})
+
+
+def add_to_server(servicer: InferenceServicer, server: grpc.aio.Server) -> None:
+    """Register every GRPCInferenceService method of ``servicer`` on ``server``."""
+    service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in service.methods:
+        request_cls = getattr(service_pb2, method.input_type.name)
+        response_cls = getattr(service_pb2, method.output_type.name)
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if method.client_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make(
+            getattr(servicer, method.name),
+            request_deserializer=request_cls.FromString,
+            response_serializer=(
+                None if method.name in _WIRE_BYTES_RESPONSES else response_cls.SerializeToString
+            ),
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
     )
+    server.add_registered_method_handlers(service.full_name, handlers)

@@ -60,6 +60,20 @@ class TensorSpec:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _InputPlan:
+    """The outcome of validating one request signature: inputs in config order (index in the
+    request, name, target shape when config reshapes), rows on the batch axis, batching key."""
+
+    inputs: tuple[tuple[int, str, tuple[int, ...] | None], ...]
+    rows: int
+    shape_key: tuple[tuple[int, ...], ...]
+
+
+#: Signatures remembered per model version (a client varying its shapes cannot grow it further).
+_PLAN_CACHE_SIZE = 256
+
+
 def backend_name(config: model_config_pb2.ModelConfig) -> str:
     """The backend a config asks for (``backend``, else the legacy ``platform``)."""
     from pysonic.backends import PLATFORM_TO_BACKEND
@@ -94,6 +108,7 @@ class ModelVersion:
         self.required = [n for n, s in self.inputs.items() if not s.optional]
         self.batcher: DynamicBatcher | None = None
         self.execute_delay_s = _delay_parameter(config)
+        self._plans: dict[tuple[tuple[str, str, tuple[int, ...]], ...], _InputPlan] = {}
 
     @classmethod
     def load(cls, config: model_config_pb2.ModelConfig, version: int, path: Path) -> ModelVersion:
@@ -148,9 +163,28 @@ class ModelVersion:
 
     # ------------------------------------------------------------------ request path
     def prepare(self, req: InferRequest) -> PendingRequest:
-        """Validate ``req`` against the config; raise InvalidArgumentError naming the tensor."""
-        given = {t.name: t for t in req.inputs}
-        if len(given) != len(req.inputs):
+        """Validate ``req`` against the config; raise InvalidArgumentError naming the tensor.
+
+        The checks depend only on the inputs' names, datatypes and shapes, so their outcome (a
+        :class:`_InputPlan`) is kept per signature: a stream of like requests is checked once,
+        and each request then costs one dict lookup plus its reshapes."""
+        tensors = req.inputs
+        key = tuple([(t.name, t.datatype, t.shape) for t in tensors])
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plan(tensors)
+            if len(self._plans) >= _PLAN_CACHE_SIZE:
+                self._plans.clear()
+            self._plans[key] = plan
+        inputs = {
+            name: tensors[i].data if shape is None else tensors[i].data.reshape(shape)
+            for i, name, shape in plan.inputs
+        }
+        return PendingRequest(inputs=inputs, rows=plan.rows, shape_key=plan.shape_key)
+
+    def _plan(self, tensors: list[InferTensor]) -> _InputPlan:
+        given = {t.name: i for i, t in enumerate(tensors)}
+        if len(given) != len(tensors):
             msg = f"model '{self.name}': an input name appears more than once in the request"
             raise InvalidArgumentError(msg)
         for name in given:
@@ -171,19 +205,22 @@ class ModelVersion:
             raise InvalidArgumentError(msg)
         batched = self.max_batch_size > 0
         rows = -1
-        inputs: dict[str, np.ndarray] = {}
+        order: list[tuple[int, str, tuple[int, ...] | None]] = []
+        shapes: list[tuple[int, ...]] = []
         for name, spec in self.inputs.items():
-            t = given.get(name)
-            if t is None:
+            i = given.get(name)
+            if i is None:
                 continue
+            t = tensors[i]
             rows = self._check_tensor(spec, t, rows)
-            data = t.data
+            shape = None
             if spec.reshape is not None:
                 new_shape = ((rows,) if batched else ()) + spec.reshape
-                data = data.reshape(_resolve(new_shape, data.size, name))
-            inputs[name] = data
-        key = tuple(a.shape[1:] if batched else a.shape for a in inputs.values())
-        return PendingRequest(inputs=inputs, rows=max(rows, 1), shape_key=key)
+                shape = _resolve(new_shape, math.prod(t.shape), name)
+            order.append((i, name, shape))
+            final = t.shape if shape is None else shape
+            shapes.append(final[1:] if batched else final)
+        return _InputPlan(tuple(order), max(rows, 1), tuple(shapes))
 
     def _check_tensor(self, spec: TensorSpec, t: InferTensor, rows: int) -> int:
         if t.datatype != spec.datatype:

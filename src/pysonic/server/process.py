@@ -75,9 +75,7 @@ class ServerProcess:
                 cmd += ["--load-model", m]
         cmd += self.extra_args
         env = {**os.environ, **(self.env or {}), "COLUMNS": "250"}
-        self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=self._log, env=env
-        )
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, env=env)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             text = self.log_text()
