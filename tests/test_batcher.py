@@ -1,4 +1,6 @@
-"""Unit tests for :class:`pysonic.scheduling.DynamicBatcher`.
+"""Unit tests for :class:`pysonic.scheduling.DynamicBatcher` and, for configs without dynamic
+batching, :class:`pysonic.scheduling.DefaultScheduler` (the ``make_plain`` fixture runs those
+tests on both: they must behave the same).
 
 No servers: executors are plain callables over numpy arrays that record every batch. Queue state
 is made deterministic by blocking the only instance on a first ("blocker") request while the rest
@@ -8,6 +10,7 @@ deadlines; the only timing assertions are lower bounds and generous upper bounds
 
 from __future__ import annotations
 
+import functools
 import itertools
 import threading
 import time
@@ -29,11 +32,13 @@ from pysonic.errors import (
 from pysonic.scheduling import (
     DEFAULT_QUEUE_CAP,
     BatcherConfig,
+    DefaultScheduler,
     DynamicBatcher,
     ExecutedBatch,
     PendingRequest,
     RequestState,
     TimeoutAction,
+    make_scheduler,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -176,7 +181,7 @@ Factory = Callable[..., tuple[DynamicBatcher, Deliveries]]
 @pytest.fixture
 def make() -> Iterator[Factory]:
     """Build and start a batcher; on teardown release every executor and stop it."""
-    made: list[tuple[DynamicBatcher, list[Executor]]] = []
+    made: list[tuple[Any, list[Executor]]] = []
 
     def factory(
         cfg: BatcherConfig,
@@ -184,9 +189,10 @@ def make() -> Iterator[Factory]:
         *,
         deliveries: Deliveries | None = None,
         on_execution: Callable[[ExecutedBatch], None] | None = None,
-    ) -> tuple[DynamicBatcher, Deliveries]:
+        cls: type = DynamicBatcher,
+    ) -> tuple[Any, Deliveries]:
         deliveries = deliveries or Deliveries()
-        batcher = DynamicBatcher(cfg, executors, deliveries, on_execution=on_execution)
+        batcher = cls(cfg, executors, deliveries, on_execution=on_execution)
         made.append((batcher, executors))
         batcher.start()
         return batcher, deliveries
@@ -198,7 +204,15 @@ def make() -> Iterator[Factory]:
         batcher.stop(timeout=WAIT_S)
 
 
-def block_with(batcher: DynamicBatcher, ex: Executor, rows: int = 1) -> PendingRequest:
+@pytest.fixture(
+    params=[DynamicBatcher, DefaultScheduler], ids=["dynamic-batcher", "default-scheduler"]
+)
+def make_plain(request: pytest.FixtureRequest, make: Factory) -> Factory:
+    """For configs without ``dynamic_batching``: each test runs on both schedulers."""
+    return functools.partial(make, cls=request.param)
+
+
+def block_with(batcher: Any, ex: Executor, rows: int = 1) -> PendingRequest:
     """Submit a blocker request and wait until the (single) instance is executing it."""
     blocker = request(rows)
     batcher.submit(blocker)
@@ -490,9 +504,9 @@ def test_each_request_gets_views_of_its_own_rows(make: Factory) -> None:
     assert blocker.outputs["y"] is ex.outputs[0]["y"]
 
 
-def test_without_dynamic_batching_every_request_runs_alone(make: Factory) -> None:
+def test_without_dynamic_batching_every_request_runs_alone(make_plain: Factory) -> None:
     ex = Executor(block_first=True)
-    batcher, deliveries = make(config("max_batch_size: 8"), [ex])
+    batcher, deliveries = make_plain(config("max_batch_size: 8"), [ex])
     blocker = block_with(batcher, ex)
     queued = [request() for _ in range(4)]
     for r in queued:
@@ -539,10 +553,10 @@ def test_full_queue_is_rejected_at_once(make: Factory) -> None:
     assert_ok(overflow)
 
 
-def test_unbounded_queue_is_capped(make: Factory) -> None:
+def test_unbounded_queue_is_capped(make_plain: Factory) -> None:
     cfg = config("max_batch_size: 8", queue_cap=1)
     ex = Executor(block_first=True)
-    batcher, _ = make(cfg, [ex])
+    batcher, _ = make_plain(cfg, [ex])
     block_with(batcher, ex)
     batcher.submit(request())
     with pytest.raises(ResourceExhaustedError):
@@ -727,10 +741,10 @@ def test_without_preserve_ordering_fast_requests_are_delivered_first(make: Facto
     assert deliveries.requests == [*reqs[1:], reqs[0]]
 
 
-def test_instances_run_in_parallel(make: Factory) -> None:
+def test_instances_run_in_parallel(make_plain: Factory) -> None:
     barrier = threading.Barrier(2, timeout=WAIT_S)  # breaks unless both instances are busy at once
     executors = [Executor(barrier=barrier), Executor(barrier=barrier)]
-    batcher, deliveries = make(config("max_batch_size: 8"), executors)
+    batcher, deliveries = make_plain(config("max_batch_size: 8"), executors)
     reqs = [request(), request()]
     for r in reqs:
         batcher.submit(r)
@@ -741,14 +755,14 @@ def test_instances_run_in_parallel(make: Factory) -> None:
 
 
 # ---------------------------------------------------------------------------- executor failures
-def test_pysonic_error_from_the_executor_is_delivered_as_is(make: Factory) -> None:
+def test_pysonic_error_from_the_executor_is_delivered_as_is(make_plain: Factory) -> None:
     err = InvalidArgumentError("input 'x' is bad")
 
     def fail(x: np.ndarray) -> dict[str, np.ndarray]:
         raise err
 
     ex = Executor(transform=fail)
-    batcher, deliveries = make(config("max_batch_size: 8"), [ex])
+    batcher, deliveries = make_plain(config("max_batch_size: 8"), [ex])
     r = request()
     batcher.submit(r)
     deliveries.wait_for(1)
@@ -758,7 +772,7 @@ def test_pysonic_error_from_the_executor_is_delivered_as_is(make: Factory) -> No
 
 
 def test_unexpected_exception_becomes_internal_and_the_batcher_keeps_serving(
-    make: Factory, caplog: pytest.LogCaptureFixture
+    make_plain: Factory, caplog: pytest.LogCaptureFixture
 ) -> None:
     def fail_once(x: np.ndarray) -> dict[str, np.ndarray]:
         if len(ex.calls) == 1:
@@ -767,7 +781,9 @@ def test_unexpected_exception_becomes_internal_and_the_batcher_keeps_serving(
 
     ex = Executor(transform=fail_once)
     executions: list[ExecutedBatch] = []
-    batcher, deliveries = make(config("max_batch_size: 8"), [ex], on_execution=executions.append)
+    batcher, deliveries = make_plain(
+        config("max_batch_size: 8"), [ex], on_execution=executions.append
+    )
     first = request()
     batcher.submit(first)
     deliveries.wait_for(1)
@@ -869,7 +885,7 @@ def test_stop_lets_queued_and_running_requests_finish(make: Factory) -> None:
     assert len(deliveries.requests) == 4
 
 
-def test_stop_cancels_queued_requests_behind_a_stuck_executor(make: Factory) -> None:
+def test_stop_cancels_queued_requests_behind_a_stuck_executor(make_plain: Factory) -> None:
     ex = Executor(block_first=True)
 
     def release_after_cancel(done: list[PendingRequest]) -> None:
@@ -877,7 +893,7 @@ def test_stop_cancels_queued_requests_behind_a_stuck_executor(make: Factory) -> 
             ex.gate.set()  # so the instance thread can end and stop() need not wait for it
 
     deliveries = Deliveries(on_deliver=release_after_cancel)
-    batcher, _ = make(config("max_batch_size: 8"), [ex], deliveries=deliveries)
+    batcher, _ = make_plain(config("max_batch_size: 8"), [ex], deliveries=deliveries)
     blocker = block_with(batcher, ex)
     queued = [request() for _ in range(3)]
     for r in queued:
@@ -898,3 +914,49 @@ def test_stop_cancels_queued_requests_behind_a_stuck_executor(make: Factory) -> 
     assert ex.rows == [1]
     with pytest.raises(UnavailableError):
         batcher.submit(request())
+
+
+# ---------------------------------------------------------------------------- scheduler choice
+def test_make_scheduler_follows_the_config() -> None:
+    def pick(text: str) -> type:
+        return type(make_scheduler(config(text), [Executor()], Deliveries()))
+
+    assert pick("max_batch_size: 8") is DefaultScheduler
+    assert pick("max_batch_size: 0\ndynamic_batching { }") is DefaultScheduler
+    assert pick("max_batch_size: 8\ndynamic_batching { }") is DynamicBatcher
+
+
+def test_cancel_drops_a_queued_request(make_plain: Factory) -> None:
+    ex = Executor(block_first=True)
+    batcher, deliveries = make_plain(config("max_batch_size: 8"), [ex])
+    blocker = block_with(batcher, ex)
+    gone, kept = request(), request()
+    batcher.submit(gone)
+    batcher.submit(kept)
+    assert batcher.cancel(gone)
+    assert not batcher.cancel(blocker)  # running: left to finish
+    assert batcher.pending_count == 1
+    ex.gate.set()
+    deliveries.wait_for(2)
+    assert deliveries.requests == [blocker, kept]
+    assert_ok(kept)
+    assert gone.outputs is None
+    assert ex.rows == [1, 1]
+
+
+def test_stop_lets_queued_requests_finish_without_batching(make_plain: Factory) -> None:
+    ex = Executor(block_first=True)
+    batcher, deliveries = make_plain(config("max_batch_size: 8"), [ex, Executor()])
+    block_with(batcher, ex)
+    queued = [request() for _ in range(5)]
+    for r in queued:
+        batcher.submit(r)
+    stopper = threading.Thread(target=lambda: batcher.stop(timeout=WAIT_S))
+    stopper.start()
+    ex.gate.set()
+    stopper.join(WAIT_S * 2)
+    assert not stopper.is_alive()
+    deliveries.wait_for(6)
+    for r in queued:
+        assert_ok(r)
+    assert batcher.in_flight == 0

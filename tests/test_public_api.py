@@ -20,13 +20,16 @@ EXPECTED = {
     "pysonic.scheduling": [
         "DEFAULT_QUEUE_CAP",
         "BatcherConfig",
+        "DefaultScheduler",
         "DynamicBatcher",
         "ExecutedBatch",
         "Executor",
+        "InstancePool",
         "PendingRequest",
         "QueuePolicy",
         "RequestState",
         "TimeoutAction",
+        "make_scheduler",
     ],
     "pysonic.client": [
         "AsyncSonicClient",

@@ -13,12 +13,12 @@ Semantics follow Triton's ``dynamic_batching``:
   ``ResourceExhaustedError``, never a wait. Queue timeouts (policy default or the request's
   override when allowed) reject the request (REJECT) or move it behind every other request (DELAY).
 * ``preserve_ordering`` delivers responses in arrival order whatever instance finishes first.
-* Without dynamic batching every request runs alone, as sent.
+* Without dynamic batching every request runs alone, as sent (the server uses the lighter
+  :class:`~pysonic.scheduling.DefaultScheduler` for such models; this class behaves the same).
 
-Each instance thread owns one ``execute`` callable (a backend instance). Inputs are concatenated
-once per batch (not at all for a batch of one) and every request gets views of the outputs.
-Completed requests are handed to ``deliver`` from the instance thread, in one call per batch;
-the server core moves them to its event loop.
+Execution is :class:`~pysonic.scheduling.instances.InstancePool`'s: one thread per instance,
+inputs concatenated once per batch, views of the outputs per request, one ``deliver`` call per
+batch from the instance thread.
 
 Example::
 
@@ -30,28 +30,18 @@ Example::
 from __future__ import annotations
 
 import heapq
-import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
-import numpy as np
-
-from pysonic.errors import (
-    InternalError,
-    PysonicError,
-    ResourceExhaustedError,
-    UnavailableError,
-)
+from pysonic.errors import ResourceExhaustedError, UnavailableError
+from pysonic.scheduling.instances import Deliver, Executor, InstancePool
 from pysonic.scheduling.policy import BatcherConfig, TimeoutAction
 from pysonic.scheduling.request import ExecutedBatch, PendingRequest, RequestState
 
 __all__ = ["DynamicBatcher", "Executor"]
 
-log = logging.getLogger(__name__)
-
-Executor = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
 _QUEUED, _DELAYED, _RUNNING, _DONE = (
     RequestState.QUEUED,
     RequestState.DELAYED,
@@ -60,37 +50,29 @@ _QUEUED, _DELAYED, _RUNNING, _DONE = (
 )
 
 
-class DynamicBatcher:
+class DynamicBatcher(InstancePool):
     """Queue + batch formation + instance threads for one model version."""
 
     def __init__(
         self,
         config: BatcherConfig,
         executors: Sequence[Executor],
-        deliver: Callable[[list[PendingRequest]], None],
+        deliver: Deliver,
         *,
         on_execution: Callable[[ExecutedBatch], None] | None = None,
         name: str = "",
     ) -> None:
-        if not executors:
-            raise ValueError("a batcher needs at least one executor")
+        super().__init__(name or config.model_name, executors, deliver, on_execution)
         self.config = config
-        self.name = name or config.model_name
-        self._executors = list(executors)
-        self._deliver = deliver
-        self._on_execution = on_execution
-        self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
         self._timer = threading.Condition(self._lock)
         self._queues: list[deque[PendingRequest]] = [deque() for _ in range(config.priority_levels)]
         self._delayed: deque[PendingRequest] = deque()
         self._level_counts = [0] * config.priority_levels
         self._queued = 0
-        self._running = 0
         self._seq = 0
         self._deadlines: list[tuple[int, int, PendingRequest]] = []
         self._closed = False
-        self._threads: list[threading.Thread] = []
         self._preferred = frozenset(config.preferred_batch_sizes)
         self._order_lock = threading.Lock()
         self._next_seq = 1
@@ -98,16 +80,8 @@ class DynamicBatcher:
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Start one thread per executor (and a timer thread when queue timeouts exist)."""
-        for i, execute in enumerate(self._executors):
-            t = threading.Thread(
-                target=self._instance_loop,
-                args=(execute,),
-                name=f"pysonic-{self.name}-{i}",
-                daemon=True,
-            )
-            t.start()
-            self._threads.append(t)
+        """Start one thread per executor, and the timer thread for queue timeouts."""
+        self._start_instances()
         timer = threading.Thread(
             target=self._timer_loop, name=f"pysonic-{self.name}-timer", daemon=True
         )
@@ -122,8 +96,7 @@ class DynamicBatcher:
             self._closed = True
             self._work.notify_all()
             self._timer.notify_all()
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+        self._join(deadline)
         cancelled: list[PendingRequest] = []
         with self._lock:
             for req in self._iter_live():
@@ -139,19 +112,13 @@ class DynamicBatcher:
             self._work.notify_all()
         if cancelled:
             self._complete(cancelled)
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()) + 1.0)
+        self._join(deadline + 1.0)
         return len(cancelled)
 
     @property
     def pending_count(self) -> int:
         """Requests queued and not yet executing."""
         return self._queued
-
-    @property
-    def in_flight(self) -> int:
-        """Requests queued or executing."""
-        return self._queued + self._running
 
     # ------------------------------------------------------------------ submit
     def submit(self, req: PendingRequest) -> None:
@@ -279,64 +246,6 @@ class DynamicBatcher:
                         return
                     self._work.wait(None if wake_at is None else (wake_at - now) / 1e9)
             self._run(batch, execute)
-
-    def _run(self, batch: list[PendingRequest], execute: Executor) -> None:
-        rows = sum(r.rows for r in batch)
-        executed = ExecutedBatch(rows=rows, request_count=len(batch))
-        executed.start_ns = time.monotonic_ns()
-        ok = False
-        try:
-            if len(batch) == 1:
-                inputs = batch[0].inputs
-            else:
-                inputs = {
-                    name: np.concatenate([r.inputs[name] for r in batch], axis=0)
-                    for name in batch[0].inputs
-                }
-            executed.input_end_ns = time.monotonic_ns()
-            outputs = execute(inputs)
-            executed.infer_end_ns = time.monotonic_ns()
-            self._split(batch, outputs, rows)
-            ok = True
-        except PysonicError as err:
-            for r in batch:
-                r.error = err
-        except Exception as err:  # a backend bug must not kill the instance thread
-            log.exception("model '%s' failed on a batch of %d rows", self.name, rows)
-            wrapped = InternalError(f"model '{self.name}' failed: {type(err).__name__}: {err}")
-            for r in batch:
-                r.error = wrapped
-        now = time.monotonic_ns()
-        executed.input_end_ns = executed.input_end_ns or now
-        executed.infer_end_ns = executed.infer_end_ns or now
-        executed.end_ns = now
-        for r in batch:
-            r.batch = executed
-            r.state = _DONE
-        with self._lock:
-            self._running -= len(batch)
-        if ok and self._on_execution is not None:
-            self._on_execution(executed)
-        self._complete(batch)
-
-    def _split(
-        self, batch: list[PendingRequest], outputs: dict[str, np.ndarray], rows: int
-    ) -> None:
-        if len(batch) == 1:
-            batch[0].outputs = outputs
-            return
-        for name, arr in outputs.items():
-            if arr.ndim == 0 or arr.shape[0] != rows:
-                msg = (
-                    f"model '{self.name}' output '{name}' has shape {list(arr.shape)}; "
-                    f"expected {rows} rows on the batch axis"
-                )
-                raise InternalError(msg)
-        offset = 0
-        for r in batch:
-            end = offset + r.rows
-            r.outputs = {name: arr[offset:end] for name, arr in outputs.items()}
-            offset = end
 
     def _timer_loop(self) -> None:
         """Apply queue timeouts: REJECT fails the request, DELAY moves it behind the others."""

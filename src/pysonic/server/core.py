@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -99,6 +100,7 @@ class InferenceCore:
             record.versions = versions
             record.state, record.reason = "READY", ""
             log.info("loaded model '%s' versions %s", name, sorted(versions))
+            _settle_heap()
         if previous:
             await asyncio.to_thread(self._stop_versions, list(previous.values()))
 
@@ -209,6 +211,18 @@ class InferenceCore:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(_resolve, done)
+
+
+def _settle_heap() -> None:
+    """Move what a load created (sessions, configs, modules) out of the garbage collector's way.
+
+    Every request allocates short-lived objects, so the collector runs often; without this, its
+    older-generation passes keep re-walking tens of thousands of objects that live as long as the
+    process. ``gc.freeze`` parks them in the permanent generation (measured: +5% requests/s on
+    the identity model at concurrency 8). Unloaded models' objects are still freed by reference
+    counting; only cycles among them would stay."""
+    gc.collect()
+    gc.freeze()
 
 
 def _resolve(done: list[PendingRequest]) -> None:

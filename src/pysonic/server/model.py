@@ -27,7 +27,7 @@ from pysonic.backends.base import Backend
 from pysonic.errors import InternalError, InvalidArgumentError, ModelConfigError
 from pysonic.protocol.datatypes import config_to_wire
 from pysonic.protocol.types import InferRequest, InferResponse, InferTensor
-from pysonic.scheduling import BatcherConfig, DynamicBatcher, PendingRequest
+from pysonic.scheduling import BatcherConfig, InstancePool, PendingRequest, make_scheduler
 from pysonic.server.stats import ModelStats
 
 __all__ = ["ModelVersion", "TensorSpec", "backend_name"]
@@ -106,7 +106,7 @@ class ModelVersion:
         self.inputs = {t.name: TensorSpec.from_config(t) for t in config.input}
         self.outputs = {t.name: TensorSpec.from_config(t) for t in config.output}
         self.required = [n for n, s in self.inputs.items() if not s.optional]
-        self.batcher: DynamicBatcher | None = None
+        self.batcher: InstancePool | None = None
         self.execute_delay_s = _delay_parameter(config)
         self._plans: dict[tuple[tuple[str, str, tuple[int, ...]], ...], _InputPlan] = {}
 
@@ -146,7 +146,7 @@ class ModelVersion:
 
     def start(self, deliver: Callable[[list[PendingRequest]], None], queue_cap: int) -> None:
         """Start the batcher and its instance threads; ``deliver`` gets finished requests."""
-        self.batcher = DynamicBatcher(
+        self.batcher = make_scheduler(
             BatcherConfig.from_model_config(self.config, queue_cap=queue_cap),
             [_with_delay(b.execute, self.execute_delay_s) for b in self.backends],
             deliver,
