@@ -101,13 +101,19 @@ def test_decode_rejects_inconsistent_raw_count_and_shm() -> None:
     msg.inputs.add(name="a", datatype="FP32", shape=[1])
     msg.inputs.add(name="b", datatype="FP32", shape=[1])
     msg.raw_input_contents.append(bytes(4))
-    with pytest.raises(InvalidArgumentError, match="for all 2 inputs or none"):
+    with pytest.raises(InvalidArgumentError, match="raw_input_contents has no entry for it"):
+        decode_infer_request(msg)
+    msg.raw_input_contents.extend([bytes(4), bytes(4)])
+    with pytest.raises(InvalidArgumentError, match="3 entries for 2 inputs"):
         decode_infer_request(msg)
     shm = service_pb2.ModelInferRequest(model_name="m")
     t = shm.inputs.add(name="a", datatype="FP32", shape=[1])
     t.parameters["shared_memory_region"].string_param = "r"
-    with pytest.raises(UnimplementedError, match="shared-memory"):
+    with pytest.raises(InvalidArgumentError, match="'shared_memory_byte_size' must be specified"):
         decode_infer_request(shm)
+    t.parameters["shared_memory_byte_size"].int64_param = 4
+    with pytest.raises(UnimplementedError, match="shared memory is not available"):
+        decode_infer_request(shm)  # no registry: a client-side decode
 
 
 def test_encode_response() -> None:

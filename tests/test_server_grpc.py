@@ -288,9 +288,9 @@ def test_server_keeps_serving_after_errors(client) -> None:
 
 def test_unimplemented_rpcs(client) -> None:
     with pytest.raises(InferenceServerException) as info:
-        client.get_system_shared_memory_status()
+        client.get_cuda_shared_memory_status()
     assert "UNIMPLEMENTED" in str(info.value.status())
-    assert "shared memory" in info.value.message()
+    assert "CUDA shared memory is not supported" in info.value.message()
 
 
 # ---------------------------------------------------------------- streaming and asyncio

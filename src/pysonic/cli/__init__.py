@@ -103,6 +103,9 @@ def serve(
     drain_timeout: Annotated[
         float, typer.Option(help="Seconds in-flight requests get to finish on shutdown.")
     ] = 30.0,
+    shared_memory_max_bytes: Annotated[
+        int, typer.Option(help="Cap on the bytes all registered shared-memory regions map.")
+    ] = 64 << 30,
     log_verbose: Annotated[int, typer.Option(help="Verbose logging level (0 = info).")] = 0,
     event_loop: Annotated[
         str, typer.Option(help="auto (uvloop when installed) | asyncio | uvloop")
@@ -135,6 +138,7 @@ def serve(
         grpc_max_message_bytes=grpc_max_message_bytes,
         queue_cap=max_queue_size,
         drain_timeout=drain_timeout,
+        shared_memory_max_bytes=shared_memory_max_bytes,
     )
     try:
         run(Server(options).serve(), loop=event_loop)

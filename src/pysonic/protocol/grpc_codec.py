@@ -21,6 +21,14 @@ from tritonclient.grpc import service_pb2
 
 from pysonic.errors import InvalidArgumentError, PysonicError, UnimplementedError
 from pysonic.protocol.datatypes import BYTES, deserialize_bytes, serialize_bytes, to_numpy_dtype
+from pysonic.protocol.shm import (
+    SharedMemoryRef,
+    SharedMemoryRegistry,
+    in_shared_memory,
+    output_target,
+    read_input,
+    shared_memory_ref,
+)
 from pysonic.protocol.types import InferRequest, InferResponse, InferTensor, RequestedOutput
 
 __all__ = [
@@ -46,7 +54,6 @@ _CONTENT_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
-_SHM_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
 _FIXED_SIZE = {k: to_numpy_dtype(k) for k in _CONTENT_FIELD.keys() | {"FP16", "BF16"} if k != BYTES}
 
 
@@ -59,32 +66,46 @@ def decode_parameters(params: Any) -> dict[str, Any]:
     return out
 
 
-def decode_infer_request(msg: service_pb2.ModelInferRequest) -> InferRequest:
-    """Decode a ``ModelInferRequest``; tensors are views over the message's bytes."""
+def decode_infer_request(
+    msg: service_pb2.ModelInferRequest, shared_memory: SharedMemoryRegistry | None = None
+) -> InferRequest:
+    """Decode a ``ModelInferRequest``; tensors are views over the message's bytes.
+
+    Tensors whose parameters name a shared-memory region are views over that region of
+    ``shared_memory`` instead (raw_input_contents then holds only the other inputs, in order);
+    without a registry such requests are refused."""
     raw = msg.raw_input_contents
     n_raw = len(raw)
-    if n_raw and n_raw != len(msg.inputs):
-        msg_ = f"expected raw_input_contents for all {len(msg.inputs)} inputs or none, got {n_raw}"
-        raise InvalidArgumentError(msg_)
+    used_raw = 0
     inputs: list[InferTensor] = []
-    for i, t in enumerate(msg.inputs):
-        params = _tensor_parameters(t, "input") if t.parameters else {}
+    for t in msg.inputs:
         name, datatype, shape = t.name, t.datatype, tuple(t.shape)
+        params = decode_parameters(t.parameters) if t.parameters else {}
+        ref = _shm_ref(params, f"input '{name}'", shared_memory) if params else None
         if shape and min(shape) < 0:
             err = f"input '{name}': shape {list(shape)} has a negative dimension"
             raise InvalidArgumentError(err)
-        if n_raw:
-            data = _from_raw(name, datatype, shape, raw[i])
+        if ref is not None:
+            if t.HasField("contents"):
+                err = f"input '{name}': contents given for an input in shared memory"
+                raise InvalidArgumentError(err)
+            data = read_input(shared_memory, name, datatype, shape, ref)  # type: ignore[arg-type]
+        elif n_raw:
+            if used_raw == n_raw:
+                err = f"input '{name}': raw_input_contents has no entry for it ({n_raw} given)"
+                raise InvalidArgumentError(err)
+            data = _from_raw(name, datatype, shape, raw[used_raw])
+            used_raw += 1
         elif t.HasField("contents"):
             data = _from_contents(name, datatype, shape, t.contents)
         else:
             err = f"input '{name}': no data (neither raw_input_contents nor contents given)"
             raise InvalidArgumentError(err)
         inputs.append(InferTensor(name, datatype, shape, data, params))
-    outputs = [
-        RequestedOutput(o.name, _tensor_parameters(o, "output") if o.parameters else {})
-        for o in msg.outputs
-    ]
+    if used_raw != n_raw:
+        err = f"raw_input_contents has {n_raw} entries for {used_raw} inputs not in shared memory"
+        raise InvalidArgumentError(err)
+    outputs = [_requested_output(o, shared_memory) for o in msg.outputs]
     return InferRequest(
         msg.model_name,
         inputs,
@@ -95,12 +116,28 @@ def decode_infer_request(msg: service_pb2.ModelInferRequest) -> InferRequest:
     )
 
 
-def _tensor_parameters(t: Any, kind: str) -> dict[str, Any]:
-    params = decode_parameters(t.parameters)
-    if any(k in params for k in _SHM_KEYS):
-        err = f"{kind} '{t.name}': shared-memory {kind}s are not supported by this server yet"
+def _requested_output(o: Any, shared_memory: SharedMemoryRegistry | None) -> RequestedOutput:
+    if not o.parameters:
+        return RequestedOutput(o.name)
+    params = decode_parameters(o.parameters)
+    ref = _shm_ref(params, f"output '{o.name}'", shared_memory)
+    if ref is None:
+        return RequestedOutput(o.name, params)
+    if "classification" in params:
+        err = f"output '{o.name}': can't set both 'shared_memory_region' and 'classification'"
+        raise InvalidArgumentError(err)
+    target = output_target(shared_memory, o.name, ref)  # type: ignore[arg-type]
+    return RequestedOutput(o.name, params, target)
+
+
+def _shm_ref(
+    params: dict[str, Any], label: str, shared_memory: SharedMemoryRegistry | None
+) -> SharedMemoryRef | None:
+    ref = shared_memory_ref(params, label)
+    if ref is not None and shared_memory is None:
+        err = f"{label}: shared memory is not available on this connection"
         raise UnimplementedError(err)
-    return params
+    return ref
 
 
 def _from_raw(name: str, datatype: str, shape: tuple[int, ...], buf: bytes) -> np.ndarray:
@@ -167,7 +204,16 @@ def encode_infer_response(resp: InferResponse) -> bytes:
     parts: list[bytes | memoryview] = [b""]
     add = msg.outputs.add
     for t in resp.outputs:
-        add(name=t.name, datatype=t.datatype, shape=t.shape)
+        if t.parameters:
+            out = add(name=t.name, datatype=t.datatype, shape=t.shape)
+            for key, value in t.parameters.items():
+                _set_parameter(out.parameters[key], value)
+            if in_shared_memory(t):
+                # an empty entry keeps raw_output_contents positional (as Triton does)
+                parts += (_RAW_OUTPUT_TAG, varint(0))
+                continue
+        else:
+            add(name=t.name, datatype=t.datatype, shape=t.shape)
         parts += _raw_field(_RAW_OUTPUT_TAG, t)
     for key, value in resp.parameters.items():
         _set_parameter(msg.parameters[key], value)
@@ -250,6 +296,11 @@ def decode_infer_response(msg: service_pb2.ModelInferResponse) -> InferResponse:
     outputs = []
     for i, t in enumerate(msg.outputs):
         shape = tuple(t.shape)
+        params = decode_parameters(t.parameters) if t.parameters else {}
+        if "shared_memory_region" in params:  # the data is in the client's region, not here
+            dtype = np.dtype(object) if t.datatype == BYTES else _dtype(t.name, t.datatype)
+            outputs.append(InferTensor(t.name, t.datatype, shape, np.empty(0, dtype), params))
+            continue
         if i < len(raw):
             data = _from_raw(t.name, t.datatype, shape, raw[i])
         elif t.HasField("contents"):
@@ -257,7 +308,7 @@ def decode_infer_response(msg: service_pb2.ModelInferResponse) -> InferResponse:
         else:
             err = f"output '{t.name}': no data in the response"
             raise InvalidArgumentError(err)
-        outputs.append(InferTensor(t.name, t.datatype, shape, data))
+        outputs.append(InferTensor(t.name, t.datatype, shape, data, params))
     return InferResponse(
         model_name=msg.model_name,
         model_version=msg.model_version,

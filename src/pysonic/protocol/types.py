@@ -15,9 +15,12 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from pysonic.protocol.shm import SharedMemoryTarget
 
 __all__ = ["InferRequest", "InferResponse", "InferTensor", "RequestedOutput"]
 
@@ -35,10 +38,14 @@ class InferTensor:
 
 @dataclass(slots=True)
 class RequestedOutput:
-    """An output the client asked for (with per-output parameters such as ``classification``)."""
+    """An output the client asked for (with per-output parameters such as ``classification``).
+
+    ``shm`` is set when the output goes to a registered shared-memory region: the core writes
+    the result there (:func:`pysonic.protocol.shm.write_outputs`) instead of the response."""
 
     name: str
     parameters: dict[str, Any] = field(default_factory=dict)
+    shm: SharedMemoryTarget | None = None
 
 
 @dataclass(slots=True)

@@ -93,6 +93,7 @@ class DefaultScheduler(InstancePool):
                 self._queued -= 1
                 self._running += 1
             self._run([req], execute)
+            del req  # idle instances must not pin the last request's tensors (shm views)
 
     def stop(self, timeout: float = 30.0) -> int:
         deadline = time.monotonic() + timeout

@@ -25,6 +25,7 @@ import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
 from pysonic.errors import PysonicError
+from pysonic.protocol.shm import DEFAULT_MAX_TOTAL_BYTES, SharedMemoryRegistry
 from pysonic.repository import ModelRepository
 from pysonic.scheduling import DEFAULT_QUEUE_CAP
 from pysonic.server.core import InferenceCore
@@ -57,6 +58,8 @@ class ServerOptions:
     grpc_max_message_bytes: int = 256 * 1024 * 1024
     queue_cap: int = DEFAULT_QUEUE_CAP
     drain_timeout: float = 30.0
+    shared_memory_max_bytes: int = DEFAULT_MAX_TOTAL_BYTES
+    shared_memory_key_prefixes: list[str] | None = None
 
 
 def _address(host: str, port: int) -> str:
@@ -73,6 +76,10 @@ class Server:
             ModelRepository(Path(options.model_repository), strict=options.strict_model_config),
             queue_cap=options.queue_cap,
             drain_timeout=options.drain_timeout,
+            shared_memory=SharedMemoryRegistry(
+                max_total_bytes=options.shared_memory_max_bytes,
+                allowed_key_prefixes=options.shared_memory_key_prefixes,
+            ),
         )
         self.grpc_port = 0
         self.metrics_port = 0

@@ -28,6 +28,7 @@ from pysonic.errors import (
     PysonicError,
     UnavailableError,
 )
+from pysonic.protocol.shm import SharedMemoryRegistry, write_outputs
 from pysonic.protocol.types import InferRequest, InferResponse
 from pysonic.repository import ModelRepository
 from pysonic.scheduling import DEFAULT_QUEUE_CAP, PendingRequest
@@ -57,8 +58,11 @@ class InferenceCore:
         *,
         queue_cap: int = DEFAULT_QUEUE_CAP,
         drain_timeout: float = 30.0,
+        shared_memory: SharedMemoryRegistry | None = None,
     ) -> None:
         self.repository = repository
+        #: registered system shared-memory regions, shared by every transport
+        self.shared_memory = shared_memory or SharedMemoryRegistry()
         self.queue_cap = queue_cap
         self.drain_timeout = drain_timeout
         self.models: dict[str, ModelRecord] = {}
@@ -143,6 +147,7 @@ class InferenceCore:
         for r in self.models.values():
             r.versions = {}
             r.state, r.reason = "UNAVAILABLE", "server shut down"
+        self.shared_memory.close()
 
     # ------------------------------------------------------------------ lookup
     def get_version(self, name: str, version: str = "") -> ModelVersion:
@@ -200,6 +205,8 @@ class InferenceCore:
                     raise type(err)(err.message)
                 raise err
             response = mv.respond(req, pending)
+            if req.outputs:
+                write_outputs(req.outputs, response)
         except PysonicError:
             mv.stats.record_failure(time.monotonic_ns() - start)
             raise

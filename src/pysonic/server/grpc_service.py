@@ -2,7 +2,7 @@
 
 Every handler maps ``PysonicError`` to its gRPC status through :func:`pysonic.errors.grpc_status`;
 anything else becomes INTERNAL and is logged once with the request id. RPCs this server does not
-provide (shared memory, trace, logging settings) answer UNIMPLEMENTED with a message.
+provide (CUDA shared memory, trace, logging settings) answer UNIMPLEMENTED with a message.
 
 Handlers are registered from the service's protobuf descriptor (:func:`add_to_server`), as the
 generated ``add_GRPCInferenceServiceServicer_to_server`` does, except that ModelInfer and
@@ -39,6 +39,7 @@ from pysonic.protocol.grpc_codec import (
     encode_infer_response,
     varint,
 )
+from pysonic.protocol.shm import CUDA_UNSUPPORTED
 from pysonic.server.core import InferenceCore
 from pysonic.server.state import ServerState
 
@@ -47,7 +48,13 @@ __all__ = ["EXTENSIONS", "InferenceServicer", "add_to_server"]
 log = logging.getLogger(__name__)
 
 #: Triton protocol extensions this server really implements (ServerMetadata.extensions).
-EXTENSIONS = ["model_repository", "schedule_policy", "model_configuration", "statistics"]
+EXTENSIONS = [
+    "model_repository",
+    "schedule_policy",
+    "model_configuration",
+    "statistics",
+    "system_shared_memory",
+]
 
 #: In-flight requests per ModelStreamInfer stream (reading pauses past this).
 STREAM_WINDOW = 1024
@@ -195,7 +202,7 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: Any) -> bytes:
         if not self.state.accepting:
             raise UnavailableError("server is shutting down")
-        response = await self.core.infer(decode_infer_request(request))
+        response = await self.core.infer(decode_infer_request(request, self.core.shared_memory))
         return encode_infer_response(response)
 
     async def ModelStreamInfer(
@@ -210,7 +217,8 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             try:
                 if not self.state.accepting:
                     raise UnavailableError("server is shutting down")
-                resp = await self.core.infer(decode_infer_request(request))
+                req = decode_infer_request(request, self.core.shared_memory)
+                resp = await self.core.infer(req)
                 await out.put(_stream_response(encode_infer_response(resp)))
             except PysonicError as err:
                 await out.put(_stream_error(request, err.message))
@@ -241,29 +249,50 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             for t in list(tasks):
                 t.cancel()
 
+    # ------------------------------------------------------------------ shared memory
+    @_rpc(service_pb2.SystemSharedMemoryStatusResponse)
+    async def SystemSharedMemoryStatus(
+        self, request: Any, context: Any
+    ) -> service_pb2.SystemSharedMemoryStatusResponse:
+        msg = service_pb2.SystemSharedMemoryStatusResponse()
+        for s in self.core.shared_memory.status(request.name):
+            msg.regions[s.name].CopyFrom(
+                service_pb2.SystemSharedMemoryStatusResponse.RegionStatus(
+                    name=s.name, key=s.key, offset=s.offset, byte_size=s.byte_size
+                )
+            )
+        return msg
+
+    @_rpc(service_pb2.SystemSharedMemoryRegisterResponse)
+    async def SystemSharedMemoryRegister(
+        self, request: Any, context: Any
+    ) -> service_pb2.SystemSharedMemoryRegisterResponse:
+        self.core.shared_memory.register(
+            request.name, request.key, request.offset, request.byte_size
+        )
+        return service_pb2.SystemSharedMemoryRegisterResponse()
+
+    @_rpc(service_pb2.SystemSharedMemoryUnregisterResponse)
+    async def SystemSharedMemoryUnregister(
+        self, request: Any, context: Any
+    ) -> service_pb2.SystemSharedMemoryUnregisterResponse:
+        self.core.shared_memory.unregister(request.name)
+        return service_pb2.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, CUDA_UNSUPPORTED)
+
+    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, CUDA_UNSUPPORTED)
+
+    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> None:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, CUDA_UNSUPPORTED)
+
     # ------------------------------------------------------------------ not provided (yet)
     async def _unimplemented(self, what: str, context: Any) -> None:
         await context.abort(
             grpc.StatusCode.UNIMPLEMENTED, f"{what} is not implemented by this server"
         )
-
-    async def SystemSharedMemoryStatus(self, request: Any, context: Any) -> None:
-        await self._unimplemented("system shared memory", context)
-
-    async def SystemSharedMemoryRegister(self, request: Any, context: Any) -> None:
-        await self._unimplemented("system shared memory", context)
-
-    async def SystemSharedMemoryUnregister(self, request: Any, context: Any) -> None:
-        await self._unimplemented("system shared memory", context)
-
-    async def CudaSharedMemoryStatus(self, request: Any, context: Any) -> None:
-        await self._unimplemented("CUDA shared memory", context)
-
-    async def CudaSharedMemoryRegister(self, request: Any, context: Any) -> None:
-        await self._unimplemented("CUDA shared memory", context)
-
-    async def CudaSharedMemoryUnregister(self, request: Any, context: Any) -> None:
-        await self._unimplemented("CUDA shared memory", context)
 
     async def TraceSetting(self, request: Any, context: Any) -> None:
         await self._unimplemented("trace settings", context)
