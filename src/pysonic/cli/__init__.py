@@ -83,7 +83,10 @@ def serve(
         bool,
         typer.Option(help="Require complete config.pbtxt files (no auto-complete from the model)."),
     ] = False,
-    model_control_mode: Annotated[str, typer.Option(help="none | explicit")] = "none",
+    model_control_mode: Annotated[str, typer.Option(help="none | poll | explicit")] = "none",
+    repository_poll_secs: Annotated[
+        float, typer.Option(help="Seconds between repository scans in poll mode.", min=0.01)
+    ] = 15.0,
     load_model: Annotated[
         list[str] | None,
         typer.Option(help="Model to load at startup in explicit mode ('*' = all); repeatable."),
@@ -138,6 +141,7 @@ def serve(
         grpc_max_message_bytes=grpc_max_message_bytes,
         queue_cap=max_queue_size,
         drain_timeout=drain_timeout,
+        repository_poll_secs=repository_poll_secs,
         shared_memory_max_bytes=shared_memory_max_bytes,
     )
     try:

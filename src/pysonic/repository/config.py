@@ -22,7 +22,7 @@ import math
 import re
 from typing import TYPE_CHECKING
 
-from google.protobuf import text_format
+from google.protobuf import json_format, text_format
 from tritonclient.grpc.model_config_pb2 import (
     DataType,
     ModelConfig,
@@ -41,6 +41,7 @@ __all__ = [
     "config_to_text",
     "normalize_config",
     "parse_model_config",
+    "parse_model_config_json",
     "validate_config",
 ]
 
@@ -66,6 +67,25 @@ def parse_model_config(text: str, source: str = "<string>") -> ModelConfig:
             where += f":{column}"
         detail = _LOCATION_PREFIX.sub("", str(err))
         msg = f"{where}: syntax error: {detail}"
+        raise ModelConfigError(msg) from err
+    return config
+
+
+def parse_model_config_json(text: str, source: str = "<json>") -> ModelConfig:
+    """Parse a model config in protobuf's JSON mapping (Triton's load ``config`` override).
+
+    Field names may be the proto's (``max_batch_size``) or lowerCamel; enums are their names
+    (``"TYPE_FP32"``). Unknown fields are errors, as in config.pbtxt.
+
+    Example::
+
+        cfg = parse_model_config_json('{"max_batch_size": 8}', "load override")
+    """
+    config = ModelConfig()
+    try:
+        json_format.Parse(text, config)
+    except json_format.ParseError as err:
+        msg = f"{source}: invalid JSON model config: {err}"
         raise ModelConfigError(msg) from err
     return config
 

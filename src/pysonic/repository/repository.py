@@ -56,13 +56,17 @@ class ModelDefinition:
         )
 
 
-def load_model_config(model_dir: Path, *, strict: bool = False) -> ModelConfig:
+def load_model_config(
+    model_dir: Path, *, strict: bool = False, override: ModelConfig | None = None
+) -> ModelConfig:
     """Parse, auto-complete, normalize and validate the config of the model in ``model_dir``.
 
     ``strict=True`` is the server's ``--strict-model-config``: config.pbtxt must exist and
     list inputs and outputs; only what Triton fills even then (name, backend/platform, defaults
     such as the version policy and instance group) is filled. Otherwise a missing config.pbtxt,
     or missing inputs/outputs, are read from the ONNX graph of the latest version.
+    ``override`` is used instead of config.pbtxt (a load request's ``config``), completed and
+    validated the same way.
     """
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -70,7 +74,11 @@ def load_model_config(model_dir: Path, *, strict: bool = False) -> ModelConfig:
         raise ModelConfigError(msg)
     path = model_dir / CONFIG_FILENAME
     source = str(path)
-    if path.is_file():
+    if override is not None:
+        config = ModelConfig()
+        config.CopyFrom(override)
+        source = f"model '{model_dir.name}' (config override)"
+    elif path.is_file():
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
@@ -153,8 +161,10 @@ class ModelRepository:
             if child.is_dir() and not child.name.startswith(".")
         )
 
-    def load(self, name: str) -> ModelDefinition:
+    def load(self, name: str, *, config: ModelConfig | None = None) -> ModelDefinition:
         """Read model ``name``: complete config and the versions its policy serves.
+
+        ``config`` overrides the model's config.pbtxt (see :func:`load_model_config`).
 
         Raises NotFoundError for an unknown name (listing the models, with a suggestion) and
         ModelConfigError for anything wrong on disk.
@@ -163,7 +173,7 @@ class ModelRepository:
         if name not in names:
             raise NotFoundError(_unknown_model_message(name, names, self._root))
         model_dir = self._root / name
-        config = load_model_config(model_dir, strict=self.strict)
+        config = load_model_config(model_dir, strict=self.strict, override=config)
         on_disk = list_versions(model_dir)
         versions = {v: on_disk[v] for v in select_versions(config, model_dir)}
         if config.default_model_filename:

@@ -31,6 +31,7 @@ from pysonic.scheduling import DEFAULT_QUEUE_CAP
 from pysonic.server.core import InferenceCore
 from pysonic.server.grpc_service import InferenceServicer, add_to_server
 from pysonic.server.metrics import TritonMetricsCollector
+from pysonic.server.poller import RepositoryPoller
 from pysonic.server.state import ServerState
 
 __all__ = ["Server", "ServerOptions", "StartupError"]
@@ -58,6 +59,7 @@ class ServerOptions:
     grpc_max_message_bytes: int = 256 * 1024 * 1024
     queue_cap: int = DEFAULT_QUEUE_CAP
     drain_timeout: float = 30.0
+    repository_poll_secs: float = 15.0
     shared_memory_max_bytes: int = DEFAULT_MAX_TOTAL_BYTES
     shared_memory_key_prefixes: list[str] | None = None
 
@@ -81,6 +83,7 @@ class Server:
                 allowed_key_prefixes=options.shared_memory_key_prefixes,
             ),
         )
+        self.poller: RepositoryPoller | None = None
         self.grpc_port = 0
         self.metrics_port = 0
         self._grpc: grpc.aio.Server | None = None
@@ -96,6 +99,10 @@ class Server:
                 names = self.core.repository.model_names()
         else:
             names = self.core.repository.model_names()
+        baseline = {}
+        if opts.model_control_mode == "poll":
+            self.poller = RepositoryPoller(self.core, opts.repository_poll_secs)
+            baseline = await self.poller.scan()  # before loading: no change can slip between
         failed = await self.core.start(names)
         if failed and opts.exit_on_error:
             await self.core.shutdown()
@@ -132,6 +139,8 @@ class Server:
             log.warning(
                 "--http-port %s accepted; the HTTP frontend is not implemented yet", opts.http_port
             )
+        if self.poller is not None:
+            self.poller.start(baseline)
         self.state.ready = True
         log.info(
             "pysonic serving %d model(s): gRPC on %s, metrics on %s",
@@ -145,6 +154,8 @@ class Server:
         grace = self.options.drain_timeout if grace is None else grace
         self.state.ready = False
         self.state.accepting = False
+        if self.poller is not None:
+            await self.poller.stop()
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None

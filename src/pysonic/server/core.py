@@ -22,6 +22,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from tritonclient.grpc.model_config_pb2 import ModelConfig
+
 from pysonic.errors import (
     InvalidArgumentError,
     NotFoundError,
@@ -83,8 +85,10 @@ class InferenceCore:
                 failed.append(name)
         return failed
 
-    async def load(self, name: str) -> None:
-        """(Re)load ``name`` from the repository; old versions drain after the swap."""
+    async def load(self, name: str, *, config: ModelConfig | None = None) -> None:
+        """(Re)load ``name`` from the repository; old versions drain after the swap.
+
+        ``config`` replaces the model's config.pbtxt for this load (Triton's override)."""
         loop = asyncio.get_running_loop()
         self._loop = loop
         lock = self._locks.setdefault(name, asyncio.Lock())
@@ -94,7 +98,7 @@ class InferenceCore:
             if not previous:
                 record.state = "LOADING"
             try:
-                versions = await asyncio.to_thread(self._load_versions, name)
+                versions = await asyncio.to_thread(self._load_versions, name, config)
             except PysonicError as err:
                 if not previous:
                     record.state, record.reason = "UNAVAILABLE", err.message
@@ -108,8 +112,10 @@ class InferenceCore:
         if previous:
             await asyncio.to_thread(self._stop_versions, list(previous.values()))
 
-    def _load_versions(self, name: str) -> dict[int, ModelVersion]:
-        definition = self.repository.load(name)
+    def _load_versions(
+        self, name: str, config: ModelConfig | None = None
+    ) -> dict[int, ModelVersion]:
+        definition = self.repository.load(name, config=config)
         if not definition.versions:
             msg = f"model '{name}': no version directory selected by its version_policy"
             raise NotFoundError(msg)
@@ -126,8 +132,10 @@ class InferenceCore:
         for v in versions:
             v.stop(self.drain_timeout)
 
-    async def unload(self, name: str) -> None:
-        """Stop serving ``name``: new requests fail at once, queued ones finish first."""
+    async def unload(self, name: str, *, forget: bool = False) -> None:
+        """Stop serving ``name``: new requests fail at once, queued ones finish first.
+
+        ``forget`` drops the model from the index too (it left the repository)."""
         record = self.models.get(name)
         if record is None:
             raise self._unknown_model(name)
@@ -138,6 +146,8 @@ class InferenceCore:
             record.state, record.reason = "UNLOADING", ""
             await asyncio.to_thread(self._stop_versions, versions)
             record.state, record.reason = "UNAVAILABLE", "unloaded"
+            if forget:
+                del self.models[name]
             log.info("unloaded model '%s'", name)
 
     async def shutdown(self) -> None:

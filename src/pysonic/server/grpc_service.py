@@ -28,6 +28,7 @@ from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from pysonic._version import __version__
 from pysonic.errors import (
+    InvalidArgumentError,
     PysonicError,
     UnavailableError,
     UnimplementedError,
@@ -40,6 +41,7 @@ from pysonic.protocol.grpc_codec import (
     varint,
 )
 from pysonic.protocol.shm import CUDA_UNSUPPORTED
+from pysonic.repository.config import parse_model_config_json
 from pysonic.server.core import InferenceCore
 from pysonic.server.state import ServerState
 
@@ -180,13 +182,21 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: Any, context: Any
     ) -> service_pb2.RepositoryModelLoadResponse:
         self.state.check_model_control("load")
-        if request.parameters and any(
-            k == "config" or k.startswith("file:") for k in decode_parameters(request.parameters)
-        ):
-            raise UnimplementedError(
-                "loading with an override config or files is not supported yet"
-            )
-        await self.core.load(request.model_name)
+        config = None
+        if request.parameters:
+            params = decode_parameters(request.parameters)
+            if any(k.startswith("file:") for k in params):
+                raise UnimplementedError(
+                    "loading with 'file:' parameters (model files sent in the request) is not "
+                    "supported; put the files in the model repository and load by name"
+                )
+            if "config" in params:
+                text = params["config"]
+                if not isinstance(text, str):
+                    raise InvalidArgumentError("load parameter 'config' must be a JSON string")
+                source = f"load of model '{request.model_name}': config parameter"
+                config = parse_model_config_json(text, source)
+        await self.core.load(request.model_name, config=config)
         return service_pb2.RepositoryModelLoadResponse()
 
     @_rpc(service_pb2.RepositoryModelUnloadResponse)

@@ -17,7 +17,7 @@ from pysonic.errors import UnavailableError
 
 __all__ = ["MODEL_CONTROL_MODES", "ServerState"]
 
-MODEL_CONTROL_MODES = ("none", "explicit")
+MODEL_CONTROL_MODES = ("none", "poll", "explicit")
 
 
 @dataclass
