@@ -19,8 +19,14 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from pysonic.errors import InvalidArgumentError, PysonicError, UnimplementedError
-from pysonic.protocol.datatypes import BYTES, deserialize_bytes, serialize_bytes, to_numpy_dtype
+from pysonic.errors import InvalidArgumentError
+from pysonic.protocol.datatypes import BYTES
+from pysonic.protocol.tensors import (
+    numpy_dtype,
+    tensor_from_raw,
+    tensor_parameters,
+    tensor_payload,
+)
 from pysonic.protocol.types import InferRequest, InferResponse, InferTensor, RequestedOutput
 
 __all__ = [
@@ -46,8 +52,6 @@ _CONTENT_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
-_SHM_KEYS = ("shared_memory_region", "shared_memory_byte_size", "shared_memory_offset")
-_FIXED_SIZE = {k: to_numpy_dtype(k) for k in _CONTENT_FIELD.keys() | {"FP16", "BF16"} if k != BYTES}
 
 
 def decode_parameters(params: Any) -> dict[str, Any]:
@@ -74,7 +78,7 @@ def decode_infer_request(msg: service_pb2.ModelInferRequest) -> InferRequest:
             err = f"input '{name}': shape {list(shape)} has a negative dimension"
             raise InvalidArgumentError(err)
         if n_raw:
-            data = _from_raw(name, datatype, shape, raw[i])
+            data = tensor_from_raw(name, datatype, shape, raw[i])
         elif t.HasField("contents"):
             data = _from_contents(name, datatype, shape, t.contents)
         else:
@@ -96,42 +100,13 @@ def decode_infer_request(msg: service_pb2.ModelInferRequest) -> InferRequest:
 
 
 def _tensor_parameters(t: Any, kind: str) -> dict[str, Any]:
-    params = decode_parameters(t.parameters)
-    if any(k in params for k in _SHM_KEYS):
-        err = f"{kind} '{t.name}': shared-memory {kind}s are not supported by this server yet"
-        raise UnimplementedError(err)
-    return params
-
-
-def _from_raw(name: str, datatype: str, shape: tuple[int, ...], buf: bytes) -> np.ndarray:
-    dtype = _FIXED_SIZE.get(datatype)
-    count = math.prod(shape)
-    if dtype is None:
-        if datatype == BYTES:
-            return deserialize_bytes(buf, count, name=name).reshape(shape)
-        dtype = _dtype(name, datatype)  # raises: unknown datatype
-    expected = count * dtype.itemsize
-    if len(buf) != expected:
-        msg = (
-            f"input '{name}': raw data has {len(buf)} bytes, expected {expected} "
-            f"for shape {list(shape)} of {datatype}"
-        )
-        raise InvalidArgumentError(msg)
-    return np.frombuffer(buf, dtype).reshape(shape)
-
-
-def _dtype(name: str, datatype: str) -> np.dtype:
-    try:
-        return to_numpy_dtype(datatype)
-    except PysonicError as err:
-        msg = f"input '{name}': {err.message}"
-        raise InvalidArgumentError(msg) from None
+    return tensor_parameters(kind, t.name, decode_parameters(t.parameters))
 
 
 def _from_contents(
     name: str, datatype: str, shape: tuple[int, ...], contents: service_pb2.InferTensorContents
 ) -> np.ndarray:
-    dtype = _dtype(name, datatype)
+    dtype = numpy_dtype(name, datatype)
     field = _CONTENT_FIELD.get(datatype)
     if field is None:
         msg = f"input '{name}': datatype {datatype} can only be sent as raw_input_contents"
@@ -177,15 +152,8 @@ def encode_infer_response(resp: InferResponse) -> bytes:
 
 def _raw_field(tag: bytes, t: InferTensor) -> tuple[bytes, bytes, bytes | memoryview]:
     """A length-delimited ``raw_*_contents`` entry: tag, length, the tensor's bytes (a view)."""
-    if t.datatype == BYTES:
-        data: bytes | memoryview = serialize_bytes(t.data)
-        return tag, varint(len(data)), data
-    arr = t.data
-    if not arr.flags.c_contiguous or arr.dtype.kind == "V" or not arr.size:
-        # as uint8: a memoryview cannot carry BF16's dtype, nor be cast when a dimension is 0
-        arr = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
-    data = memoryview(arr)
-    return tag, varint(data.nbytes), data
+    data = tensor_payload(t)
+    return tag, varint(len(data) if isinstance(data, bytes) else data.nbytes), data
 
 
 def _set_parameter(p: service_pb2.InferParameter, value: Any) -> None:
@@ -251,7 +219,7 @@ def decode_infer_response(msg: service_pb2.ModelInferResponse) -> InferResponse:
     for i, t in enumerate(msg.outputs):
         shape = tuple(t.shape)
         if i < len(raw):
-            data = _from_raw(t.name, t.datatype, shape, raw[i])
+            data = tensor_from_raw(t.name, t.datatype, shape, raw[i])
         elif t.HasField("contents"):
             data = _from_contents(t.name, t.datatype, shape, t.contents)
         else:
