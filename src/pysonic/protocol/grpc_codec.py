@@ -153,7 +153,7 @@ def encode_infer_response(resp: InferResponse) -> bytes:
 def _raw_field(tag: bytes, t: InferTensor) -> tuple[bytes, bytes, bytes | memoryview]:
     """A length-delimited ``raw_*_contents`` entry: tag, length, the tensor's bytes (a view)."""
     data = tensor_payload(t)
-    return tag, varint(len(data) if isinstance(data, bytes) else data.nbytes), data
+    return tag, varint(len(data)), data
 
 
 def _set_parameter(p: service_pb2.InferParameter, value: Any) -> None:

@@ -74,14 +74,15 @@ def tensor_from_raw(
 
 
 def tensor_payload(t: InferTensor) -> bytes | memoryview:
-    """A tensor's wire bytes: a view over a contiguous array, Triton's serialization for BYTES."""
+    """A tensor's wire bytes: a flat byte view over a contiguous array (``len`` is its size in
+    bytes; a copy only if the array is not contiguous), Triton's serialization for BYTES."""
     if t.datatype == BYTES:
         return serialize_bytes(t.data)
     arr = t.data
     if not arr.flags.c_contiguous or arr.dtype.kind == "V" or not arr.size:
         # as uint8: a memoryview cannot carry BF16's dtype, nor be cast when a dimension is 0
         arr = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
-    return memoryview(arr)
+    return memoryview(arr).cast("B")
 
 
 def tensor_parameters(kind: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
