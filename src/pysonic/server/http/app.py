@@ -7,7 +7,7 @@ CPU per request than this). Inference decodes into the same ``InferRequest`` as 
 answers come from :mod:`pysonic.server.introspection`, rendered as JSON. Every ``PysonicError``
 becomes its HTTP status (:func:`pysonic.errors.http_status`) with Triton's ``{"error": "..."}``
 body; anything else is a 500, logged once. Request bodies are size-limited and may be gzip /
-deflate compressed; responses are compressed when ``Accept-Encoding`` asks.
+deflate compressed; inference responses are compressed when ``Accept-Encoding`` asks.
 
 Example::
 
@@ -80,6 +80,8 @@ class _Reply:
     parts: list[bytes | memoryview] = field(default_factory=list)
     content_type: bytes = _JSON
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    #: compressed when Accept-Encoding asks (inference responses only, as Triton)
+    compressible: bool = False
 
 
 @dataclass
@@ -139,7 +141,7 @@ class HttpApp:
     async def _send(self, send: Send, reply: _Reply, request_headers: dict[bytes, bytes]) -> None:
         parts = reply.parts
         headers = [(b"content-type", reply.content_type), *reply.headers]
-        if reply.status == 200 and parts:
+        if reply.compressible:
             encoding = accepted_encoding(request_headers.get(b"accept-encoding"))
             if encoding is not None:
                 parts = [await compress(parts, encoding)]
@@ -272,9 +274,9 @@ class HttpApp:
         else:
             parts, out_length = encode_infer_response(response, request)
         if out_length is None:
-            return _Reply(parts=parts)
+            return _Reply(parts=parts, compressible=True)
         header = (b"inference-header-content-length", b"%d" % out_length)
-        return _Reply(parts=parts, content_type=_BINARY, headers=[header])
+        return _Reply(parts=parts, content_type=_BINARY, headers=[header], compressible=True)
 
     # ------------------------------------------------------------------ shared memory
     async def _shared_memory_route(self, req: _Request, family: str, rest: list[str]) -> _Reply:

@@ -118,25 +118,22 @@ def _inflate_with(body: bytes, wbits: int, encoding: str, limit: int) -> bytes:
 
 
 def accepted_encoding(accept: bytes | None) -> str | None:
-    """gzip or deflate if the client's ``Accept-Encoding`` takes one (highest q; gzip on a tie)."""
+    """gzip or deflate if the client's ``Accept-Encoding`` prefers one, as Triton picks: the
+    first of identity / gzip / deflate with the highest q (so ``gzip, deflate`` is gzip)."""
     if not accept:
         return None
-    best, best_q = None, 0.0
+    best, best_q = "identity", 0.0
     for item in accept.decode(errors="replace").split(","):
-        name, _, params = item.strip().partition(";")
+        name, _, params = item.partition(";")
         name = name.strip().lower()
-        if name not in _WBITS:
-            continue
-        q = 1.0
         key, _, value = params.strip().partition("=")
-        if key.strip() == "q":
-            try:
-                q = float(value)
-            except ValueError:
-                q = 0.0
-        if q > best_q or (q == best_q and name == "gzip"):
+        try:
+            q = float(value) if key.strip() == "q" else 1.0
+        except ValueError:
+            continue
+        if name in ("identity", *_WBITS) and q > best_q:
             best, best_q = name, q
-    return best
+    return None if best == "identity" else best
 
 
 async def compress(parts: Sequence[bytes | memoryview], encoding: str) -> bytes:
