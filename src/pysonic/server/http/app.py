@@ -67,6 +67,7 @@ _OFFLOAD_JSON_ELEMENTS = 32 * 1024
 _SPLIT_BYTES = 64 * 1024
 
 _REGION_ACTIONS = ("status", "register", "unregister")
+_MODEL_GETS = ("", "ready", "config", "stats")
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
 
@@ -203,6 +204,8 @@ class HttpApp:
             if blocked := self._only(req, "GET", "POST"):
                 return blocked
             raise UnimplementedError("trace settings are not supported by this server")
+        if action not in _MODEL_GETS:
+            raise NotFoundError(f"no endpoint {req.path}")
         if blocked := self._only(req, "GET"):
             return blocked
         if action == "":
@@ -211,9 +214,7 @@ class HttpApp:
             return _flag(answers.model_ready(self.core, self.state, name, version))
         if action == "config":
             return _message(answers.model_config(self.core, name, version).config)
-        if action == "stats":
-            return _message(answers.model_statistics(self.core, name, version))
-        raise NotFoundError(f"no endpoint {req.path}")
+        return _message(answers.model_statistics(self.core, name, version))  # "stats"
 
     async def _repository_route(self, req: _Request, rest: list[str]) -> _Reply:
         if blocked := self._only(req, "POST"):
