@@ -1,8 +1,12 @@
 """KServe v2 / Triton HTTP endpoints as one plain ASGI callable over :class:`InferenceCore`.
 
-No web framework: the path is split once and matched in :meth:`HttpApp._route` (measured in
-``benchmarks/http_stacks.py``: Starlette's routing and request objects cost about 30% more server
-CPU per request than this). Inference decodes into the same ``InferRequest`` as gRPC
+No web framework: the path is split once and matched in :meth:`HttpApp._route`. Chosen by
+measurement (``benchmarks/http_stacks.py``, the same echo /infer, tritonclient.http at
+concurrency 8, server CPU per request): this raw ASGI app under uvicorn + httptools ~200 us,
+Starlette under the same uvicorn ~270 us, aiohttp's web server ~260 us; a bare
+``asyncio.Protocol`` on httptools ~95 us is the floor, but would make pysonic own HTTP/1.1
+(chunked bodies, pipelining, ``Expect: 100-continue``, flow control, graceful connection close)
+that uvicorn already gets right. Inference decodes into the same ``InferRequest`` as gRPC
 (:mod:`pysonic.protocol.http_codec`) and calls the same :meth:`InferenceCore.infer`; the other
 answers come from :mod:`pysonic.server.introspection`, rendered as JSON. Every ``PysonicError``
 becomes its HTTP status (:func:`pysonic.errors.http_status`) with Triton's ``{"error": "..."}``
