@@ -253,3 +253,22 @@ def server(repository: Path) -> Iterator[EmbeddedServer]:
     )
     with EmbeddedServer(options) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def http_server(repository: Path) -> Iterator[EmbeddedServer]:
+    """The standard test server with the HTTP/REST frontend too (4 MiB body limit)."""
+    options = ServerOptions(
+        model_repository=repository,
+        host="127.0.0.1",
+        grpc_port=0,
+        http_port=0,
+        metrics_port=None,
+        model_control_mode="explicit",
+        load_models=["*"],
+        drain_timeout=10,
+        grpc_max_message_bytes=4 * 1024 * 1024,
+        http_max_body_bytes=4 * 1024 * 1024,
+    )
+    with EmbeddedServer(options) as srv:
+        yield srv

@@ -56,7 +56,7 @@ def test_health_and_server_metadata(client) -> None:
     assert meta.name == "pysonic"
     assert "model_repository" in meta.extensions
     assert "statistics" in meta.extensions
-    assert "binary_tensor_data" not in meta.extensions  # HTTP is not served yet
+    assert "binary_tensor_data" in meta.extensions  # the HTTP frontend's binary tensors
 
 
 def test_model_ready_metadata_config(client) -> None:

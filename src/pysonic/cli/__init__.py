@@ -75,7 +75,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
     grpc_port: Annotated[int, typer.Option(help="gRPC port (0 = pick a free one).")] = 8001,
     http_port: Annotated[
-        int | None, typer.Option(help="HTTP port (accepted; served once the HTTP frontend lands).")
+        int | None, typer.Option(help="HTTP/REST port (0 = free; not served if not given).")
     ] = None,
     metrics_port: Annotated[int, typer.Option(help="Prometheus /metrics port (0 = free).")] = 8002,
     allow_metrics: Annotated[bool, typer.Option(help="Serve Prometheus metrics.")] = True,
@@ -97,6 +97,9 @@ def serve(
     grpc_max_message_bytes: Annotated[
         int, typer.Option(help="Largest gRPC message accepted or sent.")
     ] = 256 * 1024 * 1024,
+    http_max_body_bytes: Annotated[
+        int, typer.Option(help="Largest HTTP request body accepted (checked before reading it).")
+    ] = 256 * 1024 * 1024,
     max_queue_size: Annotated[
         int,
         typer.Option(
@@ -114,7 +117,7 @@ def serve(
         str, typer.Option(help="auto (uvloop when installed) | asyncio | uvloop")
     ] = "auto",
 ) -> None:
-    """Serve a Triton model repository over Triton's gRPC protocol."""
+    """Serve a Triton model repository over Triton's gRPC and HTTP/REST protocols."""
     from pysonic._loop import EVENT_LOOPS, run
     from pysonic.server import Server, ServerOptions, StartupError
     from pysonic.server.state import MODEL_CONTROL_MODES
@@ -139,6 +142,7 @@ def serve(
         load_models=list(load_model or []),
         exit_on_error=exit_on_error,
         grpc_max_message_bytes=grpc_max_message_bytes,
+        http_max_body_bytes=http_max_body_bytes,
         queue_cap=max_queue_size,
         drain_timeout=drain_timeout,
         repository_poll_secs=repository_poll_secs,

@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 from tritonclient.grpc import service_pb2
 
-from pysonic.errors import InvalidArgumentError, PysonicError, UnimplementedError
-from pysonic.protocol.datatypes import BYTES, deserialize_bytes, serialize_bytes, to_numpy_dtype
-from pysonic.protocol.shm import (
-    SharedMemoryRef,
-    SharedMemoryRegistry,
-    in_shared_memory,
-    output_target,
-    read_input,
-    shared_memory_ref,
+from pysonic.errors import InvalidArgumentError
+from pysonic.protocol.datatypes import BYTES
+from pysonic.protocol.shm import SharedMemoryRegistry, in_shared_memory, read_input
+from pysonic.protocol.tensors import (
+    input_region,
+    numpy_dtype,
+    requested_output,
+    tensor_from_raw,
+    tensor_payload,
 )
 from pysonic.protocol.types import InferRequest, InferResponse, InferTensor, RequestedOutput
 
@@ -54,7 +54,6 @@ _CONTENT_FIELD = {
     "FP64": "fp64_contents",
     "BYTES": "bytes_contents",
 }
-_FIXED_SIZE = {k: to_numpy_dtype(k) for k in _CONTENT_FIELD.keys() | {"FP16", "BF16"} if k != BYTES}
 
 
 def decode_parameters(params: Any) -> dict[str, Any]:
@@ -81,7 +80,7 @@ def decode_infer_request(
     for t in msg.inputs:
         name, datatype, shape = t.name, t.datatype, tuple(t.shape)
         params = decode_parameters(t.parameters) if t.parameters else {}
-        ref = _shm_ref(params, f"input '{name}'", shared_memory) if params else None
+        ref = input_region(name, params, shared_memory) if params else None
         if shape and min(shape) < 0:
             err = f"input '{name}': shape {list(shape)} has a negative dimension"
             raise InvalidArgumentError(err)
@@ -94,7 +93,7 @@ def decode_infer_request(
             if used_raw == n_raw:
                 err = f"input '{name}': raw_input_contents has no entry for it ({n_raw} given)"
                 raise InvalidArgumentError(err)
-            data = _from_raw(name, datatype, shape, raw[used_raw])
+            data = tensor_from_raw(name, datatype, shape, raw[used_raw])
             used_raw += 1
         elif t.HasField("contents"):
             data = _from_contents(name, datatype, shape, t.contents)
@@ -105,7 +104,12 @@ def decode_infer_request(
     if used_raw != n_raw:
         err = f"raw_input_contents has {n_raw} entries for {used_raw} inputs not in shared memory"
         raise InvalidArgumentError(err)
-    outputs = [_requested_output(o, shared_memory) for o in msg.outputs]
+    outputs = [
+        requested_output(o.name, decode_parameters(o.parameters), shared_memory)
+        if o.parameters
+        else RequestedOutput(o.name)
+        for o in msg.outputs
+    ]
     return InferRequest(
         msg.model_name,
         inputs,
@@ -116,59 +120,10 @@ def decode_infer_request(
     )
 
 
-def _requested_output(o: Any, shared_memory: SharedMemoryRegistry | None) -> RequestedOutput:
-    if not o.parameters:
-        return RequestedOutput(o.name)
-    params = decode_parameters(o.parameters)
-    ref = _shm_ref(params, f"output '{o.name}'", shared_memory)
-    if ref is None:
-        return RequestedOutput(o.name, params)
-    if "classification" in params:
-        err = f"output '{o.name}': can't set both 'shared_memory_region' and 'classification'"
-        raise InvalidArgumentError(err)
-    target = output_target(shared_memory, o.name, ref)  # type: ignore[arg-type]
-    return RequestedOutput(o.name, params, target)
-
-
-def _shm_ref(
-    params: dict[str, Any], label: str, shared_memory: SharedMemoryRegistry | None
-) -> SharedMemoryRef | None:
-    ref = shared_memory_ref(params, label)
-    if ref is not None and shared_memory is None:
-        err = f"{label}: shared memory is not available on this connection"
-        raise UnimplementedError(err)
-    return ref
-
-
-def _from_raw(name: str, datatype: str, shape: tuple[int, ...], buf: bytes) -> np.ndarray:
-    dtype = _FIXED_SIZE.get(datatype)
-    count = math.prod(shape)
-    if dtype is None:
-        if datatype == BYTES:
-            return deserialize_bytes(buf, count, name=name).reshape(shape)
-        dtype = _dtype(name, datatype)  # raises: unknown datatype
-    expected = count * dtype.itemsize
-    if len(buf) != expected:
-        msg = (
-            f"input '{name}': raw data has {len(buf)} bytes, expected {expected} "
-            f"for shape {list(shape)} of {datatype}"
-        )
-        raise InvalidArgumentError(msg)
-    return np.frombuffer(buf, dtype).reshape(shape)
-
-
-def _dtype(name: str, datatype: str) -> np.dtype:
-    try:
-        return to_numpy_dtype(datatype)
-    except PysonicError as err:
-        msg = f"input '{name}': {err.message}"
-        raise InvalidArgumentError(msg) from None
-
-
 def _from_contents(
     name: str, datatype: str, shape: tuple[int, ...], contents: service_pb2.InferTensorContents
 ) -> np.ndarray:
-    dtype = _dtype(name, datatype)
+    dtype = numpy_dtype(name, datatype)
     field = _CONTENT_FIELD.get(datatype)
     if field is None:
         msg = f"input '{name}': datatype {datatype} can only be sent as raw_input_contents"
@@ -223,15 +178,8 @@ def encode_infer_response(resp: InferResponse) -> bytes:
 
 def _raw_field(tag: bytes, t: InferTensor) -> tuple[bytes, bytes, bytes | memoryview]:
     """A length-delimited ``raw_*_contents`` entry: tag, length, the tensor's bytes (a view)."""
-    if t.datatype == BYTES:
-        data: bytes | memoryview = serialize_bytes(t.data)
-        return tag, varint(len(data)), data
-    arr = t.data
-    if not arr.flags.c_contiguous or arr.dtype.kind == "V" or not arr.size:
-        # as uint8: a memoryview cannot carry BF16's dtype, nor be cast when a dimension is 0
-        arr = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
-    data = memoryview(arr)
-    return tag, varint(data.nbytes), data
+    data = tensor_payload(t)
+    return tag, varint(len(data)), data
 
 
 def _set_parameter(p: service_pb2.InferParameter, value: Any) -> None:
@@ -298,11 +246,11 @@ def decode_infer_response(msg: service_pb2.ModelInferResponse) -> InferResponse:
         shape = tuple(t.shape)
         params = decode_parameters(t.parameters) if t.parameters else {}
         if "shared_memory_region" in params:  # the data is in the client's region, not here
-            dtype = np.dtype(object) if t.datatype == BYTES else _dtype(t.name, t.datatype)
+            dtype = np.dtype(object) if t.datatype == BYTES else numpy_dtype(t.name, t.datatype)
             outputs.append(InferTensor(t.name, t.datatype, shape, np.empty(0, dtype), params))
             continue
         if i < len(raw):
-            data = _from_raw(t.name, t.datatype, shape, raw[i])
+            data = tensor_from_raw(t.name, t.datatype, shape, raw[i])
         elif t.HasField("contents"):
             data = _from_contents(t.name, t.datatype, shape, t.contents)
         else:

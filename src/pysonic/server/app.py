@@ -1,9 +1,11 @@
 """The server process: startup -> serve -> shutdown, on one asyncio loop.
 
-Startup loads the models (readiness stays false until they are loaded), binds the gRPC listener
-and the Prometheus endpoint (port 0 picks a free port; the chosen ports are logged and exposed as
-attributes). Shutdown (SIGINT/SIGTERM or :meth:`Server.stop`) turns readiness off, refuses new
-requests, lets in-flight ones finish within the grace period, drains the model queues, and closes.
+Startup loads the models (readiness stays false until they are loaded), binds the gRPC listener,
+the HTTP/REST listener when ``http_port`` is set, and the Prometheus endpoint (port 0 picks a free
+port; the chosen ports are logged and exposed as attributes); gRPC and HTTP share the one loop.
+Shutdown (SIGINT/SIGTERM or :meth:`Server.stop`) turns readiness off, refuses new requests, lets
+in-flight ones finish within the grace period (both listeners at once), drains the model queues,
+and closes.
 
 Example::
 
@@ -30,6 +32,7 @@ from pysonic.repository import ModelRepository
 from pysonic.scheduling import DEFAULT_QUEUE_CAP
 from pysonic.server.core import InferenceCore
 from pysonic.server.grpc_service import InferenceServicer, add_to_server
+from pysonic.server.http import DEFAULT_MAX_BODY_BYTES, HttpApp, HttpListener
 from pysonic.server.metrics import TritonMetricsCollector
 from pysonic.server.poller import RepositoryPoller
 from pysonic.server.state import ServerState
@@ -57,6 +60,7 @@ class ServerOptions:
     load_models: list[str] = field(default_factory=list)
     exit_on_error: bool = True
     grpc_max_message_bytes: int = 256 * 1024 * 1024
+    http_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     queue_cap: int = DEFAULT_QUEUE_CAP
     drain_timeout: float = 30.0
     repository_poll_secs: float = 15.0
@@ -69,7 +73,7 @@ def _address(host: str, port: int) -> str:
 
 
 class Server:
-    """A pysonic server: gRPC frontend + metrics over an :class:`InferenceCore`."""
+    """A pysonic server: gRPC and HTTP frontends + metrics over an :class:`InferenceCore`."""
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
@@ -85,8 +89,10 @@ class Server:
         )
         self.poller: RepositoryPoller | None = None
         self.grpc_port = 0
+        self.http_port = 0
         self.metrics_port = 0
         self._grpc: grpc.aio.Server | None = None
+        self._http: HttpListener | None = None
         self._metrics = None
         self._stopping: asyncio.Event | None = None
 
@@ -130,24 +136,39 @@ class Server:
             msg = f"cannot bind gRPC to {_address(opts.host, opts.grpc_port)} (port in use?)"
             raise StartupError(msg) from bind_error
         await self._grpc.start()
+        if opts.http_port is not None:
+            await self._start_http()
         if opts.metrics_port is not None:
             registry = CollectorRegistry()
             registry.register(TritonMetricsCollector(self.core))
             self._metrics, _ = start_http_server(opts.metrics_port, opts.host, registry=registry)
             self.metrics_port = self._metrics.server_port
-        if opts.http_port is not None:
-            log.warning(
-                "--http-port %s accepted; the HTTP frontend is not implemented yet", opts.http_port
-            )
         if self.poller is not None:
             self.poller.start(baseline)
         self.state.ready = True
         log.info(
-            "pysonic serving %d model(s): gRPC on %s, metrics on %s",
+            "pysonic serving %d model(s): gRPC on %s, HTTP on %s, metrics on %s",
             sum(1 for r in self.core.models.values() if r.versions),
             _address(opts.host, self.grpc_port),
+            _address(opts.host, self.http_port) if self._http else "off",
             _address(opts.host, self.metrics_port) if self._metrics else "off",
         )
+
+    async def _start_http(self) -> None:
+        opts = self.options
+        assert opts.http_port is not None
+        app = HttpApp(self.core, self.state, max_body_bytes=opts.http_max_body_bytes)
+        listener = HttpListener(app, opts.host, opts.http_port)
+        try:
+            self.http_port = await listener.start()
+        except OSError as err:
+            if self._grpc is not None:
+                await self._grpc.stop(None)
+                self._grpc = None
+            await self.core.shutdown()
+            msg = f"cannot bind HTTP to {_address(opts.host, opts.http_port)} ({err})"
+            raise StartupError(msg) from err
+        self._http = listener
 
     async def stop(self, grace: float | None = None) -> None:
         """Readiness off, refuse new work, finish in-flight requests, drain, close."""
@@ -156,9 +177,14 @@ class Server:
         self.state.accepting = False
         if self.poller is not None:
             await self.poller.stop()
+        closing = []
         if self._grpc is not None:
-            await self._grpc.stop(grace)
+            closing.append(self._grpc.stop(grace))
             self._grpc = None
+        if self._http is not None:
+            closing.append(self._http.stop(grace))
+            self._http = None
+        await asyncio.gather(*closing)
         await self.core.shutdown()
         if self._metrics is not None:
             self._metrics.shutdown()

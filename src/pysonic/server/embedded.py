@@ -65,6 +65,14 @@ class EmbeddedServer:
         return self.server.grpc_port
 
     @property
+    def http_port(self) -> int:
+        return self.server.http_port
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.server.http_port}"
+
+    @property
     def metrics_port(self) -> int:
         return self.server.metrics_port
 

@@ -1,8 +1,10 @@
 """Triton's ``GRPCInferenceService`` on grpc.aio: thin handlers over :class:`InferenceCore`.
 
-Every handler maps ``PysonicError`` to its gRPC status through :func:`pysonic.errors.grpc_status`;
-anything else becomes INTERNAL and is logged once with the request id. RPCs this server does not
-provide (CUDA shared memory, trace, logging settings) answer UNIMPLEMENTED with a message.
+The answers come from :mod:`pysonic.server.introspection` (shared with the HTTP app) and
+:meth:`InferenceCore.infer`. Every handler maps ``PysonicError`` to its gRPC status through
+:func:`pysonic.errors.grpc_status`; anything else becomes INTERNAL and is logged once with the
+request id. RPCs this server does not provide (CUDA shared memory, trace, logging settings)
+answer UNIMPLEMENTED with a message.
 
 Handlers are registered from the service's protobuf descriptor (:func:`add_to_server`), as the
 generated ``add_GRPCInferenceServiceServicer_to_server`` does, except that ModelInfer and
@@ -26,14 +28,7 @@ from typing import Any, TypeVar
 import grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-from pysonic._version import __version__
-from pysonic.errors import (
-    InvalidArgumentError,
-    PysonicError,
-    UnavailableError,
-    UnimplementedError,
-    grpc_status,
-)
+from pysonic.errors import PysonicError, UnavailableError, grpc_status
 from pysonic.protocol.grpc_codec import (
     decode_infer_request,
     decode_parameters,
@@ -41,22 +36,13 @@ from pysonic.protocol.grpc_codec import (
     varint,
 )
 from pysonic.protocol.shm import CUDA_UNSUPPORTED
-from pysonic.repository.config import parse_model_config_json
+from pysonic.server import introspection as answers
 from pysonic.server.core import InferenceCore
 from pysonic.server.state import ServerState
 
-__all__ = ["EXTENSIONS", "InferenceServicer", "add_to_server"]
+__all__ = ["InferenceServicer", "add_to_server"]
 
 log = logging.getLogger(__name__)
-
-#: Triton protocol extensions this server really implements (ServerMetadata.extensions).
-EXTENSIONS = [
-    "model_repository",
-    "schedule_policy",
-    "model_configuration",
-    "statistics",
-    "system_shared_memory",
-]
 
 #: In-flight requests per ModelStreamInfer stream (reading pauses past this).
 STREAM_WINDOW = 1024
@@ -105,106 +91,53 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     @_rpc(service_pb2.ServerReadyResponse)
     async def ServerReady(self, request: Any, context: Any) -> service_pb2.ServerReadyResponse:
-        return service_pb2.ServerReadyResponse(ready=self.state.ready and self.core.ready)
+        return service_pb2.ServerReadyResponse(ready=answers.server_ready(self.core, self.state))
 
     @_rpc(service_pb2.ServerMetadataResponse)
     async def ServerMetadata(
         self, request: Any, context: Any
     ) -> service_pb2.ServerMetadataResponse:
-        return service_pb2.ServerMetadataResponse(
-            name="pysonic", version=__version__, extensions=EXTENSIONS
-        )
+        return answers.server_metadata()
 
     @_rpc(service_pb2.ModelReadyResponse)
     async def ModelReady(self, request: Any, context: Any) -> service_pb2.ModelReadyResponse:
-        try:
-            self.core.get_version(request.name, request.version)
-        except PysonicError:
-            return service_pb2.ModelReadyResponse(ready=False)
-        return service_pb2.ModelReadyResponse(ready=self.state.ready)
+        ready = answers.model_ready(self.core, self.state, request.name, request.version)
+        return service_pb2.ModelReadyResponse(ready=ready)
 
     @_rpc(service_pb2.ModelMetadataResponse)
     async def ModelMetadata(self, request: Any, context: Any) -> service_pb2.ModelMetadataResponse:
-        mv = self.core.get_version(request.name, request.version)
-        record = self.core.models[mv.name]
-        batch = [-1] if mv.max_batch_size > 0 else []
-        msg = service_pb2.ModelMetadataResponse(
-            name=mv.name,
-            versions=[str(v) for v in sorted(record.versions)],
-            platform=mv.config.platform or mv.config.backend,
-        )
-        for spec, target in ((mv.inputs, msg.inputs), (mv.outputs, msg.outputs)):
-            for s in spec.values():
-                target.add(name=s.name, datatype=s.datatype, shape=batch + list(s.dims))
-        return msg
+        return answers.model_metadata(self.core, request.name, request.version)
 
     @_rpc(service_pb2.ModelConfigResponse)
     async def ModelConfig(self, request: Any, context: Any) -> service_pb2.ModelConfigResponse:
-        mv = self.core.get_version(request.name, request.version)
-        return service_pb2.ModelConfigResponse(config=mv.config)
+        return answers.model_config(self.core, request.name, request.version)
 
     @_rpc(service_pb2.ModelStatisticsResponse)
     async def ModelStatistics(
         self, request: Any, context: Any
     ) -> service_pb2.ModelStatisticsResponse:
-        msg = service_pb2.ModelStatisticsResponse()
-        if request.name:
-            if request.version:
-                versions = [self.core.get_version(request.name, request.version)]
-            else:
-                self.core.get_version(request.name)  # NotFound / Unavailable if not loaded
-                versions = list(self.core.models[request.name].versions.values())
-        else:
-            versions = [v for r in self.core.models.values() for v in r.versions.values()]
-        msg.model_stats.extend(v.stats.to_proto() for v in versions)
-        return msg
+        return answers.model_statistics(self.core, request.name, request.version)
 
     # ------------------------------------------------------------------ repository
     @_rpc(service_pb2.RepositoryIndexResponse)
     async def RepositoryIndex(
         self, request: Any, context: Any
     ) -> service_pb2.RepositoryIndexResponse:
-        msg = service_pb2.RepositoryIndexResponse()
-        names = sorted(set(self.core.repository.model_names()) | set(self.core.models))
-        for name in names:
-            record = self.core.models.get(name)
-            if record is not None and record.versions:
-                for v in sorted(record.versions):
-                    msg.models.add(name=name, version=str(v), state=record.state)
-            elif not request.ready:
-                state = record.state if record is not None else "UNAVAILABLE"
-                reason = record.reason if record is not None else "not loaded"
-                msg.models.add(name=name, state=state, reason=reason)
-        return msg
+        return answers.repository_index(self.core, request.ready)
 
     @_rpc(service_pb2.RepositoryModelLoadResponse)
     async def RepositoryModelLoad(
         self, request: Any, context: Any
     ) -> service_pb2.RepositoryModelLoadResponse:
-        self.state.check_model_control("load")
-        config = None
-        if request.parameters:
-            params = decode_parameters(request.parameters)
-            if any(k.startswith("file:") for k in params):
-                raise UnimplementedError(
-                    "loading with 'file:' parameters (model files sent in the request) is not "
-                    "supported; put the files in the model repository and load by name"
-                )
-            if "config" in params:
-                text = params["config"]
-                if not isinstance(text, str):
-                    raise InvalidArgumentError("load parameter 'config' must be a JSON string")
-                source = f"load of model '{request.model_name}': config parameter"
-                config = parse_model_config_json(text, source)
-        await self.core.load(request.model_name, config=config)
+        params = decode_parameters(request.parameters) if request.parameters else {}
+        await answers.load_model(self.core, self.state, request.model_name, params)
         return service_pb2.RepositoryModelLoadResponse()
 
     @_rpc(service_pb2.RepositoryModelUnloadResponse)
     async def RepositoryModelUnload(
         self, request: Any, context: Any
     ) -> service_pb2.RepositoryModelUnloadResponse:
-        self.state.check_model_control("unload")
-        await self.core.unload(request.model_name)
+        await answers.unload_model(self.core, self.state, request.model_name)
         return service_pb2.RepositoryModelUnloadResponse()
 
     # ------------------------------------------------------------------ inference
