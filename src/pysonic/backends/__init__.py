@@ -15,12 +15,13 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from pysonic.backends.base import Backend, InstanceSpec
+from pysonic.backends.base import Backend, BackendRequest, InstanceSpec
 from pysonic.errors import ModelConfigError
 
 __all__ = [
     "BUILTIN_BACKENDS",
     "Backend",
+    "BackendRequest",
     "InstanceSpec",
     "available_backends",
     "load_backend_class",
@@ -29,6 +30,7 @@ __all__ = [
 #: backend name (config.pbtxt ``backend``) -> "module:Class"
 BUILTIN_BACKENDS: dict[str, str] = {
     "onnxruntime": "pysonic.backends.onnxruntime:OrtBackend",
+    "python": "pysonic.backends.python:PythonBackend",
 }
 
 #: config.pbtxt ``platform`` -> backend name (Triton's legacy platform names)
