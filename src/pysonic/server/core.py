@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import gc
 import logging
@@ -24,13 +25,15 @@ from dataclasses import dataclass, field
 
 from pysonic.errors import (
     InvalidArgumentError,
+    ModelConfigError,
     NotFoundError,
     PysonicError,
     UnavailableError,
 )
 from pysonic.protocol.types import InferRequest, InferResponse
-from pysonic.repository import ModelRepository
+from pysonic.repository import ModelDefinition, ModelRepository
 from pysonic.scheduling import DEFAULT_QUEUE_CAP, PendingRequest
+from pysonic.server.ensemble import EnsembleVersion, is_ensemble
 from pysonic.server.model import ModelVersion
 
 __all__ = ["InferenceCore", "ModelRecord"]
@@ -72,6 +75,9 @@ class InferenceCore:
         targets = self.repository.model_names() if names is None else names
         failed = []
         for name in targets:
+            record = self.models.get(name)
+            if record is not None and record.versions:
+                continue  # already loaded as a step of an ensemble loaded before it
             try:
                 await self.load(name)
             except PysonicError as err:
@@ -79,10 +85,21 @@ class InferenceCore:
                 failed.append(name)
         return failed
 
-    async def load(self, name: str) -> None:
-        """(Re)load ``name`` from the repository; old versions drain after the swap."""
+    async def load(self, name: str, *, _chain: tuple[str, ...] = ()) -> None:
+        """(Re)load ``name`` from the repository; old versions drain after the swap.
+
+        An ensemble's composing models that are not loaded yet are loaded first (Triton does
+        the same); ``_chain`` holds the ensembles being loaded above this one, to stop cycles."""
         loop = asyncio.get_running_loop()
         self._loop = loop
+        if name in _chain:
+            msg = f"ensembles {' -> '.join((*_chain, name))} contain each other (a cycle)"
+            raise ModelConfigError(msg)
+        definition = None
+        with contextlib.suppress(PysonicError):  # _load_versions reports it, setting the state
+            definition = await asyncio.to_thread(self.repository.load, name)
+        if definition is not None and is_ensemble(definition.config):
+            await self._load_composing(definition, (*_chain, name))
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             record = self.models.setdefault(name, ModelRecord(name))
@@ -90,7 +107,7 @@ class InferenceCore:
             if not previous:
                 record.state = "LOADING"
             try:
-                versions = await asyncio.to_thread(self._load_versions, name)
+                versions = await asyncio.to_thread(self._load_versions, name, definition)
             except PysonicError as err:
                 if not previous:
                     record.state, record.reason = "UNAVAILABLE", err.message
@@ -104,15 +121,53 @@ class InferenceCore:
         if previous:
             await asyncio.to_thread(self._stop_versions, list(previous.values()))
 
-    def _load_versions(self, name: str) -> dict[int, ModelVersion]:
-        definition = self.repository.load(name)
+    async def _load_composing(self, definition: ModelDefinition, chain: tuple[str, ...]) -> None:
+        for index, step in enumerate(definition.config.ensemble_scheduling.step):
+            record = self.models.get(step.model_name)
+            loaded = record.versions if record is not None else {}
+            if loaded and (step.model_version < 0 or step.model_version in loaded):
+                continue
+            try:
+                await self.load(step.model_name, _chain=chain)
+            except PysonicError as err:
+                msg = (
+                    f"ensemble '{definition.name}' step {index}: composing model "
+                    f"'{step.model_name}' cannot be loaded: {err.message}"
+                )
+                raise ModelConfigError(msg) from err
+
+    def lookup_version(self, name: str, version: int) -> ModelVersion:
+        """A loaded version for an ensemble step (-1: the newest); ModelConfigError if none."""
+        record = self.models.get(name)
+        if record is None or not record.versions:
+            state = record.state.lower() if record is not None else "not loaded"
+            msg = f"composing model '{name}' is not loaded ({state})"
+            raise ModelConfigError(msg)
+        if version < 0:
+            return record.versions[max(record.versions)]
+        if version not in record.versions:
+            ready = ", ".join(str(v) for v in sorted(record.versions))
+            msg = f"composing model '{name}' has no loaded version {version} (loaded: {ready})"
+            raise ModelConfigError(msg)
+        return record.versions[version]
+
+    def _load_versions(
+        self, name: str, definition: ModelDefinition | None = None
+    ) -> dict[int, ModelVersion]:
+        if definition is None:
+            definition = self.repository.load(name)
         if not definition.versions:
             msg = f"model '{name}': no version directory selected by its version_policy"
             raise NotFoundError(msg)
         loaded: dict[int, ModelVersion] = {}
         try:
             for version, path in sorted(definition.versions.items()):
-                loaded[version] = ModelVersion.load(definition.config, version, path)
+                if is_ensemble(definition.config):
+                    loaded[version] = EnsembleVersion.load(
+                        definition.config, version, self.lookup_version
+                    )
+                else:
+                    loaded[version] = ModelVersion.load(definition.config, version, path)
         except BaseException:
             self._stop_versions(list(loaded.values()))
             raise
@@ -174,10 +229,15 @@ class InferenceCore:
         return bool(self.models) and all(r.state == "READY" for r in self.models.values())
 
     # ------------------------------------------------------------------ request path
-    async def infer(self, req: InferRequest) -> InferResponse:
-        """Validate, queue, await the batch and build the response."""
+    async def infer(self, req: InferRequest, timing: list[int] | None = None) -> InferResponse:
+        """Validate, queue, await the batch and build the response.
+
+        ``timing`` (ensembles): add this request's queue, compute input, compute infer and
+        compute output ns to its four entries."""
         start = time.monotonic_ns()
         mv = self.get_version(req.model_name, req.model_version)
+        if isinstance(mv, EnsembleVersion):
+            return await mv.infer(req, self.infer, timing)
         try:
             pending = mv.prepare(req)
             mv.check_requested_outputs(req)
@@ -204,6 +264,12 @@ class InferenceCore:
             mv.stats.record_failure(time.monotonic_ns() - start)
             raise
         mv.stats.record_success(time.monotonic_ns() - start, pending)
+        if timing is not None and pending.batch is not None:
+            b = pending.batch
+            timing[0] += b.start_ns - pending.enqueue_ns
+            timing[1] += b.compute_input_ns
+            timing[2] += b.compute_infer_ns
+            timing[3] += b.compute_output_ns
         return response
 
     def _deliver(self, done: list[PendingRequest]) -> None:
