@@ -31,11 +31,13 @@ __all__ = [
 BUILTIN_BACKENDS: dict[str, str] = {
     "onnxruntime": "pysonic.backends.onnxruntime:OrtBackend",
     "python": "pysonic.backends.python:PythonBackend",
+    "pytorch": "pysonic.backends.pytorch:TorchBackend",
 }
 
 #: config.pbtxt ``platform`` -> backend name (Triton's legacy platform names)
 PLATFORM_TO_BACKEND: dict[str, str] = {
     "onnxruntime_onnx": "onnxruntime",
+    "pytorch_libtorch": "pytorch",
 }
 
 
