@@ -32,12 +32,14 @@ BUILTIN_BACKENDS: dict[str, str] = {
     "onnxruntime": "pysonic.backends.onnxruntime:OrtBackend",
     "python": "pysonic.backends.python:PythonBackend",
     "pytorch": "pysonic.backends.pytorch:TorchBackend",
+    "tensorflow": "pysonic.backends.tensorflow:TensorFlowBackend",
 }
 
 #: config.pbtxt ``platform`` -> backend name (Triton's legacy platform names)
 PLATFORM_TO_BACKEND: dict[str, str] = {
     "onnxruntime_onnx": "onnxruntime",
     "pytorch_libtorch": "pytorch",
+    "tensorflow_savedmodel": "tensorflow",
 }
 
 
