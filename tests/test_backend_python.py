@@ -157,6 +157,39 @@ class TritonPythonModel:
 """
 
 
+# Business Logic Scripting: a model that calls another model of the server, asynchronously.
+BLS = """
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    async def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0")
+            target = "preprocess" if x.as_numpy().sum() >= 0 else "no_such_model"
+            call = pb_utils.InferenceRequest(
+                model_name=target,
+                requested_output_names=["OUTPUT0"],
+                inputs=[pb_utils.Tensor("INPUT0", x.as_numpy())],
+            )
+            answer = await call.async_exec()
+            if answer.has_error():
+                error = pb_utils.TritonError("BLS: " + answer.error().message())
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
+            out = pb_utils.get_output_tensor_by_name(answer, "OUTPUT0").as_numpy()
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", out + 100)]))
+        return responses
+"""
+
+BLS_CONFIG = PREPROCESS_CONFIG.replace(
+    """,
+        { name: "REQUESTS_IN_EXECUTE" data_type: TYPE_INT32 dims: [1] }""",
+    "",
+)
+
+
 def write_python_model(repo: Path, name: str, code: str, config: str | None) -> Path:
     version = repo / name / "1"
     version.mkdir(parents=True)
@@ -175,6 +208,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_python_model(repo, "faulty", FAULTY, FAULTY_CONFIG)
     write_python_model(repo, "strings", STRINGS, STRINGS_CONFIG)
     write_python_model(repo, "lifecycle", LIFECYCLE, None)
+    write_python_model(repo, "bls", BLS, BLS_CONFIG)
     return repo
 
 
@@ -295,6 +329,14 @@ def test_auto_complete_initialize_and_finalize(client, repo: Path) -> None:
     assert (repo / "lifecycle" / "finalized").read_text() == "yes"
     client.load_model("lifecycle")
     assert client.is_model_ready("lifecycle")
+
+
+def test_business_logic_scripting(client) -> None:
+    x = np.ones((2, 4), np.float32)
+    result = client.infer("bls", [_input("INPUT0", x, "FP32")])
+    np.testing.assert_allclose(result.as_numpy("OUTPUT0"), x * 3.0 + 0.5 + 100)
+    with pytest.raises(InferenceServerException, match="BLS: unknown model 'no_such_model'"):
+        client.infer("bls", [_input("INPUT0", -x, "FP32")])
 
 
 def _spec(repo: Path, name: str) -> InstanceSpec:

@@ -20,7 +20,7 @@ Example::
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -37,7 +37,10 @@ class InstanceSpec:
 
     ``kind`` is the instance group's kind name (``KIND_CPU``, ``KIND_GPU``, ...), ``device_id``
     the GPU ordinal for GPU kinds, ``instance_count`` the total number of instances of this model
-    version (backends use it to share the cores, e.g. intra-op threads).
+    version (backends use it to share the cores, e.g. intra-op threads). ``infer``, when a server
+    runs the backend, sends a request to another model of that server from an instance thread
+    (Triton's Business Logic Scripting): ``infer(model, version, inputs, outputs, parameters)``
+    returns ``(outputs, None)`` or ``({}, error)``; it blocks the calling thread, never the loop.
     """
 
     model_name: str
@@ -48,6 +51,7 @@ class InstanceSpec:
     device_id: int = 0
     instance_index: int = 0
     instance_count: int = 1
+    infer: Callable[..., tuple[dict[str, np.ndarray], Exception | None]] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,14 +23,18 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from pysonic.errors import (
+    InternalError,
     InvalidArgumentError,
     ModelConfigError,
     NotFoundError,
     PysonicError,
     UnavailableError,
 )
-from pysonic.protocol.types import InferRequest, InferResponse
+from pysonic.protocol.datatypes import from_numpy_dtype
+from pysonic.protocol.types import InferRequest, InferResponse, InferTensor, RequestedOutput
 from pysonic.repository import ModelDefinition, ModelRepository
 from pysonic.scheduling import DEFAULT_QUEUE_CAP, PendingRequest
 from pysonic.server.ensemble import EnsembleVersion, is_ensemble
@@ -167,7 +171,9 @@ class InferenceCore:
                         definition.config, version, self.lookup_version
                     )
                 else:
-                    loaded[version] = ModelVersion.load(definition.config, version, path)
+                    loaded[version] = ModelVersion.load(
+                        definition.config, version, path, infer=self.infer_blocking
+                    )
         except BaseException:
             self._stop_versions(list(loaded.values()))
             raise
@@ -272,11 +278,54 @@ class InferenceCore:
             timing[3] += b.compute_output_ns
         return response
 
+    def infer_blocking(
+        self,
+        model_name: str,
+        version: str,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        parameters: dict[str, object],
+    ) -> tuple[dict[str, np.ndarray], PysonicError | None]:
+        """A request from a backend's instance thread (Business Logic Scripting in model.py):
+        runs :meth:`infer` on the loop and waits. Errors come back, not raised, as in Triton."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return {}, UnavailableError("the server is not running")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # an instance thread: the expected caller
+            running = None
+        if running is loop:
+            return {}, InternalError("a blocking request from the event loop would deadlock")
+        tensors = []
+        for name, array in inputs.items():
+            if array.dtype.kind in "SU":
+                array = np.array([_as_bytes(x) for x in array.reshape(-1)], object).reshape(
+                    array.shape
+                )
+            tensors.append(InferTensor(name, from_numpy_dtype(array.dtype), array.shape, array))
+        req = InferRequest(
+            model_name,
+            tensors,
+            model_version=version,
+            outputs=[RequestedOutput(o) for o in outputs],
+            parameters=dict(parameters),
+        )
+        try:
+            response = asyncio.run_coroutine_threadsafe(self.infer(req), loop).result()
+        except PysonicError as err:
+            return {}, err
+        return {t.name: t.data for t in response.outputs}, None
+
     def _deliver(self, done: list[PendingRequest]) -> None:
         """Called from instance threads: hand the batch to the loop in one wake-up."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(_resolve, done)
+
+
+def _as_bytes(item: object) -> bytes:
+    return item if isinstance(item, bytes) else str(item).encode()
 
 
 def _settle_heap() -> None:

@@ -113,8 +113,17 @@ class ModelVersion:
         self._plans: dict[tuple[tuple[str, str, tuple[int, ...]], ...], _InputPlan] = {}
 
     @classmethod
-    def load(cls, config: model_config_pb2.ModelConfig, version: int, path: Path) -> ModelVersion:
-        """Create every backend instance (blocking: call it from a worker thread)."""
+    def load(
+        cls,
+        config: model_config_pb2.ModelConfig,
+        version: int,
+        path: Path,
+        *,
+        infer: Callable[..., tuple[dict[str, np.ndarray], Exception | None]] | None = None,
+    ) -> ModelVersion:
+        """Create every backend instance (blocking: call it from a worker thread).
+
+        ``infer`` is handed to the backends (``InstanceSpec.infer``) for calls to other models."""
         if config.HasField("sequence_batching"):
             msg = f"model '{config.name}': sequence batching is not supported yet"
             raise ModelConfigError(msg)
@@ -141,6 +150,7 @@ class ModelVersion:
                     device_id=gpu,
                     instance_index=i,
                     instance_count=len(placements),
+                    infer=infer,
                 )
                 backends.append(backend_cls(spec))
         except BaseException:

@@ -22,8 +22,9 @@ import itertools
 import logging
 import sys
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from pysonic.backends.python import pb_utils
 
@@ -94,12 +95,19 @@ def _identifier(tag: str) -> str:
 
 
 @contextlib.contextmanager
-def calling(model_name: str, model_dir: Path) -> Iterator[None]:
-    """Tell pb_utils whose code runs on this thread (``get_model_dir``, Logger prefixes)."""
+def calling(
+    model_name: str, model_dir: Path, bls: Callable[..., Any] | None = None
+) -> Iterator[None]:
+    """Tell pb_utils whose code runs on this thread (``get_model_dir``, Logger prefixes) and
+    how its BLS requests reach the server."""
     current = pb_utils._current
-    previous = getattr(current, "model_name", None), getattr(current, "model_dir", None)
-    current.model_name, current.model_dir = model_name, str(model_dir)
+    previous = (
+        getattr(current, "model_name", None),
+        getattr(current, "model_dir", None),
+        getattr(current, "bls", None),
+    )
+    current.model_name, current.model_dir, current.bls = model_name, str(model_dir), bls
     try:
         yield
     finally:
-        current.model_name, current.model_dir = previous
+        current.model_name, current.model_dir, current.bls = previous

@@ -22,6 +22,8 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -93,7 +95,7 @@ class PythonBackend(Backend):
             raise ModelConfigError(msg)
         self._model: Any = None
         try:
-            with calling(spec.model_name, self._dir):
+            with calling(spec.model_name, self._dir, spec.infer):
                 model = model_cls()
                 if hasattr(model, "initialize"):
                     model.initialize(self._args())
@@ -144,8 +146,10 @@ class PythonBackend(Backend):
             for r in requests
         ]
         try:
-            with calling(self.spec.model_name, self._dir):
+            with calling(self.spec.model_name, self._dir, self.spec.infer):
                 responses = model.execute(pb_requests)
+                if inspect.iscoroutine(responses):  # ``async def execute`` (Triton 23.04+)
+                    responses = asyncio.run(responses)
         except PysonicError:
             raise
         except Exception as err:  # the model's own failure: every request of the batch
@@ -208,7 +212,7 @@ class PythonBackend(Backend):
             return
         try:
             if hasattr(model, "finalize"):
-                with calling(self.spec.model_name, self._dir):
+                with calling(self.spec.model_name, self._dir, self.spec.infer):
                     model.finalize()
         except Exception:
             log.exception("%s: finalize failed", self._label)

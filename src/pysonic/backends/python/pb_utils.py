@@ -30,7 +30,7 @@ import json
 import logging
 import struct
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -246,11 +246,6 @@ class Tensor:
         return f"Tensor({self._name!r}, shape={self.shape()}, dtype={self._array.dtype})"
 
 
-#: Set by the server: runs a BLS request (model name, version, inputs, outputs, parameters)
-#: and returns (outputs, error). None: this process serves no BLS.
-_BLS_EXECUTOR: Callable[..., tuple[dict[str, np.ndarray], Exception | None]] | None = None
-
-
 class InferenceRequest:
     """One request: the server builds them for ``execute``; a model builds them for BLS."""
 
@@ -325,11 +320,12 @@ class InferenceRequest:
         errors come back in the response (``has_error()``), as in Triton."""
         if decoupled:
             raise TritonModelException("decoupled BLS requests are not supported by pysonic")
-        if _BLS_EXECUTOR is None:
+        bls = getattr(_current, "bls", None)
+        if bls is None:
             raise TritonModelException("BLS is not available: no server runs this model")
         inputs = {t.name(): t.as_numpy() for t in self._inputs}
         version = "" if self.model_version in (-1, "", None) else str(self.model_version)
-        outputs, error = _BLS_EXECUTOR(
+        outputs, error = bls(
             self.model_name, version, inputs, list(self._outputs), self._parameters
         )
         if error is not None:
@@ -340,9 +336,8 @@ class InferenceRequest:
         return InferenceResponse([Tensor(n, a) for n, a in outputs.items()])
 
     async def async_exec(self, decoupled: bool = False) -> InferenceResponse:
-        import asyncio
-
-        return await asyncio.get_running_loop().run_in_executor(None, self.exec, decoupled)
+        """``exec`` for ``async def execute`` models: pysonic runs it in place (blocking)."""
+        return self.exec(decoupled)
 
 
 _TRITON_CODE_BY_NAME = {
