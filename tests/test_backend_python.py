@@ -391,3 +391,26 @@ def test_wrong_output_dtype_is_an_error_for_that_request(tmp_path: Path) -> None
         assert "dtype float64 but the config says TYPE_FP32" in result.message
     finally:
         backend.close()
+
+
+def test_pb_utils_tensors_types_and_dlpack() -> None:
+    from pysonic.backends.python import pb_utils
+
+    words = np.array([b"a", b"bc"], dtype=object)
+    assert pb_utils.deserialize_bytes_tensor(pb_utils.serialize_byte_tensor(words)).tolist() == [
+        b"a",
+        b"bc",
+    ]
+    assert pb_utils.triton_string_to_numpy("TYPE_FP16") is np.float16
+    assert pb_utils.numpy_to_triton_type(np.float32) == 11
+    assert pb_utils.triton_to_numpy_type(13) is np.object_
+    read_only = np.frombuffer(np.arange(6, dtype=np.float32).tobytes(), np.float32).reshape(2, 3)
+    tensor = pb_utils.Tensor("x", read_only)
+    assert (tensor.shape(), tensor.triton_dtype(), tensor.is_cpu()) == ([2, 3], 11, True)
+    torch = pytest.importorskip("torch")
+    as_torch = torch.from_dlpack(tensor.to_dlpack())  # a copy: the request bytes are read-only
+    np.testing.assert_array_equal(as_torch.numpy(), read_only)
+    back = pb_utils.Tensor.from_dlpack("y", torch.arange(4, dtype=torch.int64))
+    assert back.as_numpy().tolist() == [0, 1, 2, 3]
+    capsule = torch.utils.dlpack.to_dlpack(torch.ones(3))
+    assert pb_utils.Tensor.from_dlpack("z", capsule).as_numpy().tolist() == [1.0, 1.0, 1.0]
