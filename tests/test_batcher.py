@@ -945,18 +945,21 @@ def test_cancel_drops_a_queued_request(make_plain: Factory) -> None:
 
 
 def test_stop_lets_queued_requests_finish_without_batching(make_plain: Factory) -> None:
-    ex = Executor(block_first=True)
-    batcher, deliveries = make_plain(config("max_batch_size: 8"), [ex, Executor()])
-    block_with(batcher, ex)
+    first, second = Executor(block_first=True), Executor(block_first=True)
+    second.gate = first.gate  # whichever instance takes the blocker holds it until the gate
+    batcher, deliveries = make_plain(config("max_batch_size: 8"), [first, second])
+    blocker = request()
+    batcher.submit(blocker)
+    wait_until(lambda: len(first.calls) + len(second.calls) == 1)
     queued = [request() for _ in range(5)]
     for r in queued:
         batcher.submit(r)
     stopper = threading.Thread(target=lambda: batcher.stop(timeout=WAIT_S))
     stopper.start()
-    ex.gate.set()
+    first.gate.set()
     stopper.join(WAIT_S * 2)
     assert not stopper.is_alive()
     deliveries.wait_for(6)
-    for r in queued:
+    for r in [blocker, *queued]:
         assert_ok(r)
     assert batcher.in_flight == 0

@@ -28,6 +28,7 @@ EXPECTED = {
         "PendingRequest",
         "QueuePolicy",
         "RequestState",
+        "RequestsExecutor",
         "TimeoutAction",
         "make_scheduler",
     ],
@@ -99,6 +100,7 @@ EXPECTED = {
     "pysonic.backends": [
         "BUILTIN_BACKENDS",
         "Backend",
+        "BackendRequest",
         "InstanceSpec",
         "available_backends",
         "load_backend_class",

@@ -355,11 +355,11 @@ def test_backend_detected_from_model_file(tmp_path):
     assert model_file_path(config, model_dir / "2") == model_dir / "2" / "model.pt"
 
 
-def test_non_onnx_backend_cannot_autocomplete(tmp_path):
+def test_python_model_without_auto_complete_config_cannot_autocomplete(tmp_path):
     model_dir = tmp_path / "m"
     (model_dir / "1").mkdir(parents=True)
     (model_dir / "1" / "model.py").write_text("class TritonPythonModel: ...\n")
-    with pytest.raises(ModelConfigError, match="auto-complete reads only ONNX models"):
+    with pytest.raises(ModelConfigError, match="auto-complete reads only ONNX graphs and Python"):
         load_model_config(model_dir)
 
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 import importlib
 from importlib.metadata import entry_points
 
-from pysonic.backends.base import Backend, InstanceSpec
+from pysonic.backends.base import Backend, BackendRequest, InstanceSpec
 from pysonic.errors import ModelConfigError
 
 __all__ = [
     "BUILTIN_BACKENDS",
     "Backend",
+    "BackendRequest",
     "InstanceSpec",
     "available_backends",
     "load_backend_class",
@@ -29,11 +30,16 @@ __all__ = [
 #: backend name (config.pbtxt ``backend``) -> "module:Class"
 BUILTIN_BACKENDS: dict[str, str] = {
     "onnxruntime": "pysonic.backends.onnxruntime:OrtBackend",
+    "python": "pysonic.backends.python:PythonBackend",
+    "pytorch": "pysonic.backends.pytorch:TorchBackend",
+    "tensorflow": "pysonic.backends.tensorflow:TensorFlowBackend",
 }
 
 #: config.pbtxt ``platform`` -> backend name (Triton's legacy platform names)
 PLATFORM_TO_BACKEND: dict[str, str] = {
     "onnxruntime_onnx": "onnxruntime",
+    "pytorch_libtorch": "pytorch",
+    "tensorflow_savedmodel": "tensorflow",
 }
 
 

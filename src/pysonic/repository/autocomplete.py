@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_BATCH_SIZE",
+    "ENSEMBLE_PLATFORM",
     "PLATFORM_BACKENDS",
     "complete_backend_fields",
     "complete_io",
@@ -50,6 +51,9 @@ __all__ = [
 #: max_batch_size set by auto-complete for a model that can batch (Triton's default for
 #: ``--backend-config=onnxruntime,default-max-batch-size``). Write a larger one in config.pbtxt.
 DEFAULT_MAX_BATCH_SIZE = 4
+
+#: The platform of an ensemble (``ensemble_scheduling``): no backend, steps run other models.
+ENSEMBLE_PLATFORM = "ensemble"
 
 #: Triton's platform names -> backend.
 PLATFORM_BACKENDS: dict[str, str] = {
@@ -88,6 +92,8 @@ def complete_backend_fields(config: ModelConfig, model_dir: Path, source: str) -
             f"'{model_dir.name}'; the directory name must equal the model name"
         )
         raise ModelConfigError(msg)
+    if config.platform == ENSEMBLE_PLATFORM:
+        return  # an ensemble has no backend and no model file: its steps are other models
     if config.platform and config.platform not in PLATFORM_BACKENDS and not config.backend:
         known = ", ".join(sorted(PLATFORM_BACKENDS))
         msg = f"{source}: unknown platform '{config.platform}' (known: {known}); set 'backend'"

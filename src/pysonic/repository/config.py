@@ -112,6 +112,8 @@ def normalize_config(config: ModelConfig) -> None:
         and config.max_batch_size > 0
     ):
         config.dynamic_batching.preferred_batch_size.append(config.max_batch_size)
+    if config.platform == "ensemble":
+        return  # ensembles have no instances (Triton rejects instance_group on them)
     if not config.instance_group:
         config.instance_group.add(name=config.name, kind=ModelInstanceGroup.KIND_CPU)
     for index, group in enumerate(config.instance_group):
@@ -256,6 +258,14 @@ def _dynamic_batching_problems(config: ModelConfig) -> Iterator[str]:
 
 
 def _instance_group_problems(config: ModelConfig) -> Iterator[str]:
+    if config.platform == "ensemble":
+        if config.instance_group:
+            yield "an ensemble cannot have instance_group (scale its composing models instead)"
+        if not config.ensemble_scheduling.step:
+            yield "an ensemble needs ensemble_scheduling with at least one step"
+        return
+    if config.HasField("ensemble_scheduling"):
+        yield f"ensemble_scheduling needs platform: \"ensemble\", not '{config.platform}'"
     if not config.instance_group:
         yield "must specify at least one instance_group"
     for group in config.instance_group:

@@ -95,11 +95,16 @@ def load_model_config(
         config = ModelConfig()
         source = f"{model_dir} (no {CONFIG_FILENAME}, auto-completed)"
     complete_backend_fields(config, model_dir, source)
+    if config.backend == "python" and not strict:
+        from pysonic.backends.python.autocomplete import complete_python_config
+
+        complete_python_config(config, _latest_model_file(config, model_dir, source), source)
     if not (config.input and config.output):
         if strict:
             _raise_missing_io(config, source, "auto-complete is off (--strict-model-config)")
         if config.backend != "onnxruntime":
-            _raise_missing_io(config, source, "auto-complete reads only ONNX models")
+            why = "auto-complete reads only ONNX graphs and Python models' auto_complete_config"
+            _raise_missing_io(config, source, why)
         complete_io(config, _latest_model_file(config, model_dir, source), source)
     normalize_config(config)
     validate_config(config, source)

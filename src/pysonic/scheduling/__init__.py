@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from pysonic.scheduling.batcher import DynamicBatcher
 from pysonic.scheduling.default import DefaultScheduler
-from pysonic.scheduling.instances import Executor, InstancePool, make_scheduler
+from pysonic.scheduling.instances import (
+    Executor,
+    InstancePool,
+    RequestsExecutor,
+    make_scheduler,
+)
 from pysonic.scheduling.policy import DEFAULT_QUEUE_CAP, BatcherConfig, QueuePolicy, TimeoutAction
 from pysonic.scheduling.request import ExecutedBatch, PendingRequest, RequestState
 
@@ -20,6 +25,7 @@ __all__ = [
     "PendingRequest",
     "QueuePolicy",
     "RequestState",
+    "RequestsExecutor",
     "TimeoutAction",
     "make_scheduler",
 ]

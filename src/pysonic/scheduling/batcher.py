@@ -61,8 +61,9 @@ class DynamicBatcher(InstancePool):
         *,
         on_execution: Callable[[ExecutedBatch], None] | None = None,
         name: str = "",
+        per_request: bool = False,
     ) -> None:
-        super().__init__(name or config.model_name, executors, deliver, on_execution)
+        super().__init__(name or config.model_name, executors, deliver, on_execution, per_request)
         self.config = config
         self._work = threading.Condition(self._lock)
         self._timer = threading.Condition(self._lock)

@@ -43,8 +43,9 @@ class DefaultScheduler(InstancePool):
         *,
         on_execution: Callable[[ExecutedBatch], None] | None = None,
         name: str = "",
+        per_request: bool = False,
     ) -> None:
-        super().__init__(name or config.model_name, executors, deliver, on_execution)
+        super().__init__(name or config.model_name, executors, deliver, on_execution, per_request)
         self.config = config
         self._cap = config.policy_for(config.default_priority_level).max_queue_size
         self._jobs: queue.SimpleQueue[PendingRequest | None] = queue.SimpleQueue()

@@ -4,7 +4,10 @@ A scheduler owns one thread per model instance (one ``Executor`` each: a backend
 :meth:`InstancePool._run` is the one execution path: concatenate the batch's inputs once (not at
 all for a batch of one), execute, give every request views of its own output rows, stamp the
 timestamps that statistics are made of, and deliver the whole batch with one ``deliver`` call from
-the instance thread (the server core moves it to its event loop in one wake-up).
+the instance thread (the server core moves it to its event loop in one wake-up). A pool built with
+``per_request=True`` skips the concatenation: its executors take the batch's requests as they are
+and return one result per request (outputs or an exception), for backends that must see requests
+one by one (Triton's Python backend).
 
 Two schedulers build on it, as in Triton: :class:`~pysonic.scheduling.DynamicBatcher` (priority
 queues, batch formation, queue policies) and :class:`~pysonic.scheduling.DefaultScheduler` (the
@@ -31,11 +34,13 @@ from pysonic.errors import InternalError, PysonicError
 from pysonic.scheduling.policy import BatcherConfig
 from pysonic.scheduling.request import ExecutedBatch, PendingRequest, RequestState
 
-__all__ = ["Executor", "InstancePool", "make_scheduler"]
+__all__ = ["Executor", "InstancePool", "RequestsExecutor", "make_scheduler"]
 
 log = logging.getLogger(__name__)
 
 Executor = Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]]
+#: A per-request executor: the batch's requests in, one outputs-or-exception per request out.
+RequestsExecutor = Callable[[list[PendingRequest]], list[dict[str, np.ndarray] | Exception]]
 Deliver = Callable[[list[PendingRequest]], None]
 
 
@@ -48,6 +53,7 @@ class InstancePool(abc.ABC):
         executors: Sequence[Executor],
         deliver: Deliver,
         on_execution: Callable[[ExecutedBatch], None] | None,
+        per_request: bool = False,
     ) -> None:
         if not executors:
             raise ValueError("a batcher needs at least one executor")
@@ -55,6 +61,7 @@ class InstancePool(abc.ABC):
         self._executors = list(executors)
         self._deliver = deliver
         self._on_execution = on_execution
+        self._per_request = per_request
         self._lock = threading.Lock()
         self._running = 0
         self._threads: list[threading.Thread] = []
@@ -108,17 +115,10 @@ class InstancePool(abc.ABC):
         executed.start_ns = time.monotonic_ns()
         ok = False
         try:
-            if len(batch) == 1:
-                inputs = batch[0].inputs
+            if self._per_request:
+                self._execute_requests(batch, execute, executed)  # type: ignore[arg-type]
             else:
-                inputs = {
-                    name: np.concatenate([r.inputs[name] for r in batch], axis=0)
-                    for name in batch[0].inputs
-                }
-            executed.input_end_ns = time.monotonic_ns()
-            outputs = execute(inputs)
-            executed.infer_end_ns = time.monotonic_ns()
-            self._split(batch, outputs, rows)
+                self._execute_batch(batch, execute, executed)
             ok = True
         except PysonicError as err:
             for r in batch:
@@ -140,6 +140,42 @@ class InstancePool(abc.ABC):
         if ok and self._on_execution is not None:
             self._on_execution(executed)
         self._complete(batch)
+
+    def _execute_batch(
+        self, batch: list[PendingRequest], execute: Executor, executed: ExecutedBatch
+    ) -> None:
+        if len(batch) == 1:
+            inputs = batch[0].inputs
+        else:
+            inputs = {
+                name: np.concatenate([r.inputs[name] for r in batch], axis=0)
+                for name in batch[0].inputs
+            }
+        executed.input_end_ns = time.monotonic_ns()
+        outputs = execute(inputs)
+        executed.infer_end_ns = time.monotonic_ns()
+        self._split(batch, outputs, executed.rows)
+
+    def _execute_requests(
+        self, batch: list[PendingRequest], execute: RequestsExecutor, executed: ExecutedBatch
+    ) -> None:
+        """Per-request executors: no concatenation; each request gets its own result."""
+        executed.input_end_ns = time.monotonic_ns()
+        results = execute(batch)
+        executed.infer_end_ns = time.monotonic_ns()
+        if len(results) != len(batch):
+            msg = (
+                f"model '{self.name}' returned {len(results)} responses for a batch of "
+                f"{len(batch)} requests"
+            )
+            raise InternalError(msg)
+        for r, result in zip(batch, results, strict=True):
+            if isinstance(result, PysonicError):
+                r.error = result
+            elif isinstance(result, BaseException):
+                r.error = InternalError(f"model '{self.name}': {type(result).__name__}: {result}")
+            else:
+                r.outputs = result
 
     def _split(
         self, batch: list[PendingRequest], outputs: dict[str, np.ndarray], rows: int
@@ -172,11 +208,16 @@ def make_scheduler(
     *,
     on_execution: Callable[[ExecutedBatch], None] | None = None,
     name: str = "",
+    per_request: bool = False,
 ) -> InstancePool:
     """The scheduler Triton would use: the dynamic batcher when the config has a
-    ``dynamic_batching`` block (and can batch), else the default scheduler."""
+    ``dynamic_batching`` block (and can batch), else the default scheduler.
+
+    ``per_request=True``: ``executors`` are :data:`RequestsExecutor` s (see the module doc)."""
     from pysonic.scheduling.batcher import DynamicBatcher
     from pysonic.scheduling.default import DefaultScheduler
 
     cls = DynamicBatcher if config.dynamic else DefaultScheduler
-    return cls(config, executors, deliver, on_execution=on_execution, name=name)
+    return cls(
+        config, executors, deliver, on_execution=on_execution, name=name, per_request=per_request
+    )

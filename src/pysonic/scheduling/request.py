@@ -60,7 +60,8 @@ class PendingRequest:
     ``rows`` is the request's size on the batch axis (1 for models that do not batch).
     ``priority`` 0 means the model's default level; ``timeout_ns`` 0 means the queue policy's
     default. ``shape_key`` groups requests that may share a batch (equal non-batch shapes).
-    ``context`` is opaque to the scheduler (the core keeps its future and timing there).
+    ``context`` is opaque to the scheduler (the core keeps its future and timing there), and so
+    is ``origin`` (what a per-request backend needs to know of the request: id, parameters).
     """
 
     inputs: dict[str, np.ndarray]
@@ -68,6 +69,7 @@ class PendingRequest:
     priority: int = 0
     timeout_ns: int = 0
     context: Any = None
+    origin: Any = None
     shape_key: tuple[Any, ...] = ()
     outputs: dict[str, np.ndarray] | None = None
     error: BaseException | None = None

@@ -16,24 +16,30 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import gc
 import logging
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 from tritonclient.grpc.model_config_pb2 import ModelConfig
 
 from pysonic.errors import (
+    InternalError,
     InvalidArgumentError,
+    ModelConfigError,
     NotFoundError,
     PysonicError,
     UnavailableError,
 )
+from pysonic.protocol.datatypes import from_numpy_dtype
 from pysonic.protocol.shm import SharedMemoryRegistry, write_outputs
-from pysonic.protocol.types import InferRequest, InferResponse
-from pysonic.repository import ModelRepository
+from pysonic.protocol.types import InferRequest, InferResponse, InferTensor, RequestedOutput
+from pysonic.repository import ModelDefinition, ModelRepository
 from pysonic.scheduling import DEFAULT_QUEUE_CAP, PendingRequest
+from pysonic.server.ensemble import EnsembleVersion, is_ensemble
 from pysonic.server.model import ModelVersion
 
 __all__ = ["InferenceCore", "ModelRecord"]
@@ -78,6 +84,9 @@ class InferenceCore:
         targets = self.repository.model_names() if names is None else names
         failed = []
         for name in targets:
+            record = self.models.get(name)
+            if record is not None and record.versions:
+                continue  # already loaded as a step of an ensemble loaded before it
             try:
                 await self.load(name)
             except PysonicError as err:
@@ -85,12 +94,24 @@ class InferenceCore:
                 failed.append(name)
         return failed
 
-    async def load(self, name: str, *, config: ModelConfig | None = None) -> None:
+    async def load(
+        self, name: str, *, config: ModelConfig | None = None, _chain: tuple[str, ...] = ()
+    ) -> None:
         """(Re)load ``name`` from the repository; old versions drain after the swap.
 
-        ``config`` replaces the model's config.pbtxt for this load (Triton's override)."""
+        ``config`` replaces the model's config.pbtxt for this load (Triton's override). An
+        ensemble's composing models that are not loaded yet are loaded first (Triton does the
+        same); ``_chain`` holds the ensembles being loaded above this one, to stop cycles."""
         loop = asyncio.get_running_loop()
         self._loop = loop
+        if name in _chain:
+            msg = f"ensembles {' -> '.join((*_chain, name))} contain each other (a cycle)"
+            raise ModelConfigError(msg)
+        definition = None
+        with contextlib.suppress(PysonicError):  # _load_versions reports it, setting the state
+            definition = await asyncio.to_thread(self.repository.load, name, config=config)
+        if definition is not None and is_ensemble(definition.config):
+            await self._load_composing(definition, (*_chain, name))
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             record = self.models.setdefault(name, ModelRecord(name))
@@ -98,7 +119,9 @@ class InferenceCore:
             if not previous:
                 record.state = "LOADING"
             try:
-                versions = await asyncio.to_thread(self._load_versions, name, config)
+                versions = await asyncio.to_thread(
+                    self._load_versions, name, definition, config
+                )
             except PysonicError as err:
                 if not previous:
                     record.state, record.reason = "UNAVAILABLE", err.message
@@ -112,17 +135,58 @@ class InferenceCore:
         if previous:
             await asyncio.to_thread(self._stop_versions, list(previous.values()))
 
+    async def _load_composing(self, definition: ModelDefinition, chain: tuple[str, ...]) -> None:
+        for index, step in enumerate(definition.config.ensemble_scheduling.step):
+            record = self.models.get(step.model_name)
+            loaded = record.versions if record is not None else {}
+            if loaded and (step.model_version < 0 or step.model_version in loaded):
+                continue
+            try:
+                await self.load(step.model_name, _chain=chain)
+            except PysonicError as err:
+                msg = (
+                    f"ensemble '{definition.name}' step {index}: composing model "
+                    f"'{step.model_name}' cannot be loaded: {err.message}"
+                )
+                raise ModelConfigError(msg) from err
+
+    def lookup_version(self, name: str, version: int) -> ModelVersion:
+        """A loaded version for an ensemble step (-1: the newest); ModelConfigError if none."""
+        record = self.models.get(name)
+        if record is None or not record.versions:
+            state = record.state.lower() if record is not None else "not loaded"
+            msg = f"composing model '{name}' is not loaded ({state})"
+            raise ModelConfigError(msg)
+        if version < 0:
+            return record.versions[max(record.versions)]
+        if version not in record.versions:
+            ready = ", ".join(str(v) for v in sorted(record.versions))
+            msg = f"composing model '{name}' has no loaded version {version} (loaded: {ready})"
+            raise ModelConfigError(msg)
+        return record.versions[version]
+
     def _load_versions(
-        self, name: str, config: ModelConfig | None = None
+        self,
+        name: str,
+        definition: ModelDefinition | None = None,
+        config: ModelConfig | None = None,
     ) -> dict[int, ModelVersion]:
-        definition = self.repository.load(name, config=config)
+        if definition is None:  # reading it failed before: now the error is raised
+            definition = self.repository.load(name, config=config)
         if not definition.versions:
             msg = f"model '{name}': no version directory selected by its version_policy"
             raise NotFoundError(msg)
         loaded: dict[int, ModelVersion] = {}
         try:
             for version, path in sorted(definition.versions.items()):
-                loaded[version] = ModelVersion.load(definition.config, version, path)
+                if is_ensemble(definition.config):
+                    loaded[version] = EnsembleVersion.load(
+                        definition.config, version, self.lookup_version
+                    )
+                else:
+                    loaded[version] = ModelVersion.load(
+                        definition.config, version, path, infer=self.infer_blocking
+                    )
         except BaseException:
             self._stop_versions(list(loaded.values()))
             raise
@@ -189,10 +253,15 @@ class InferenceCore:
         return bool(self.models) and all(r.state == "READY" for r in self.models.values())
 
     # ------------------------------------------------------------------ request path
-    async def infer(self, req: InferRequest) -> InferResponse:
-        """Validate, queue, await the batch and build the response."""
+    async def infer(self, req: InferRequest, timing: list[int] | None = None) -> InferResponse:
+        """Validate, queue, await the batch and build the response.
+
+        ``timing`` (ensembles): add this request's queue, compute input, compute infer and
+        compute output ns to its four entries."""
         start = time.monotonic_ns()
         mv = self.get_version(req.model_name, req.model_version)
+        if isinstance(mv, EnsembleVersion):
+            return await mv.infer(req, self.infer, timing)
         try:
             pending = mv.prepare(req)
             mv.check_requested_outputs(req)
@@ -221,13 +290,62 @@ class InferenceCore:
             mv.stats.record_failure(time.monotonic_ns() - start)
             raise
         mv.stats.record_success(time.monotonic_ns() - start, pending)
+        if timing is not None and pending.batch is not None:
+            b = pending.batch
+            timing[0] += b.start_ns - pending.enqueue_ns
+            timing[1] += b.compute_input_ns
+            timing[2] += b.compute_infer_ns
+            timing[3] += b.compute_output_ns
         return response
+
+    def infer_blocking(
+        self,
+        model_name: str,
+        version: str,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        parameters: dict[str, object],
+    ) -> tuple[dict[str, np.ndarray], PysonicError | None]:
+        """A request from a backend's instance thread (Business Logic Scripting in model.py):
+        runs :meth:`infer` on the loop and waits. Errors come back, not raised, as in Triton."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return {}, UnavailableError("the server is not running")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:  # an instance thread: the expected caller
+            running = None
+        if running is loop:
+            return {}, InternalError("a blocking request from the event loop would deadlock")
+        tensors = []
+        for name, array in inputs.items():
+            if array.dtype.kind in "SU":
+                array = np.array([_as_bytes(x) for x in array.reshape(-1)], object).reshape(
+                    array.shape
+                )
+            tensors.append(InferTensor(name, from_numpy_dtype(array.dtype), array.shape, array))
+        req = InferRequest(
+            model_name,
+            tensors,
+            model_version=version,
+            outputs=[RequestedOutput(o) for o in outputs],
+            parameters=dict(parameters),
+        )
+        try:
+            response = asyncio.run_coroutine_threadsafe(self.infer(req), loop).result()
+        except PysonicError as err:
+            return {}, err
+        return {t.name: t.data for t in response.outputs}, None
 
     def _deliver(self, done: list[PendingRequest]) -> None:
         """Called from instance threads: hand the batch to the loop in one wake-up."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(_resolve, done)
+
+
+def _as_bytes(item: object) -> bytes:
+    return item if isinstance(item, bytes) else str(item).encode()
 
 
 def _settle_heap() -> None:

@@ -23,7 +23,7 @@ import numpy as np
 from tritonclient.grpc import model_config_pb2
 
 from pysonic.backends import InstanceSpec, load_backend_class
-from pysonic.backends.base import Backend
+from pysonic.backends.base import Backend, BackendRequest
 from pysonic.errors import InternalError, InvalidArgumentError, ModelConfigError
 from pysonic.protocol.datatypes import config_to_wire
 from pysonic.protocol.types import InferRequest, InferResponse, InferTensor
@@ -101,6 +101,8 @@ class ModelVersion:
         self.version = version
         self.version_str = str(version)
         self.backends = backends
+        #: the backend sees a batch's requests one by one (Triton's Python backend)
+        self.per_request = bool(backends) and backends[0].per_request
         self.stats = stats
         self.max_batch_size = config.max_batch_size
         self.inputs = {t.name: TensorSpec.from_config(t) for t in config.input}
@@ -111,10 +113,22 @@ class ModelVersion:
         self._plans: dict[tuple[tuple[str, str, tuple[int, ...]], ...], _InputPlan] = {}
 
     @classmethod
-    def load(cls, config: model_config_pb2.ModelConfig, version: int, path: Path) -> ModelVersion:
-        """Create every backend instance (blocking: call it from a worker thread)."""
-        if config.HasField("sequence_batching") or config.HasField("ensemble_scheduling"):
-            msg = f"model '{config.name}': sequence batching and ensembles are not supported yet"
+    def load(
+        cls,
+        config: model_config_pb2.ModelConfig,
+        version: int,
+        path: Path,
+        *,
+        infer: Callable[..., tuple[dict[str, np.ndarray], Exception | None]] | None = None,
+    ) -> ModelVersion:
+        """Create every backend instance (blocking: call it from a worker thread).
+
+        ``infer`` is handed to the backends (``InstanceSpec.infer``) for calls to other models."""
+        if config.HasField("sequence_batching"):
+            msg = f"model '{config.name}': sequence batching is not supported yet"
+            raise ModelConfigError(msg)
+        if config.HasField("ensemble_scheduling") or config.platform == "ensemble":
+            msg = f"model '{config.name}': an ensemble is loaded by the core, not as a backend"
             raise ModelConfigError(msg)
         backend_cls = load_backend_class(backend_name(config))
         groups = list(config.instance_group) or [model_config_pb2.ModelInstanceGroup(count=1)]
@@ -136,6 +150,7 @@ class ModelVersion:
                     device_id=gpu,
                     instance_index=i,
                     instance_count=len(placements),
+                    infer=infer,
                 )
                 backends.append(backend_cls(spec))
         except BaseException:
@@ -146,12 +161,17 @@ class ModelVersion:
 
     def start(self, deliver: Callable[[list[PendingRequest]], None], queue_cap: int) -> None:
         """Start the batcher and its instance threads; ``deliver`` gets finished requests."""
+        if self.per_request:
+            executors = [_requests_executor(b, self.execute_delay_s) for b in self.backends]
+        else:
+            executors = [_with_delay(b.execute, self.execute_delay_s) for b in self.backends]
         self.batcher = make_scheduler(
             BatcherConfig.from_model_config(self.config, queue_cap=queue_cap),
-            [_with_delay(b.execute, self.execute_delay_s) for b in self.backends],
+            executors,
             deliver,
             on_execution=self.stats.record_execution,
             name=f"{self.name}/{self.version}",
+            per_request=self.per_request,
         )
         self.batcher.start()
 
@@ -180,7 +200,10 @@ class ModelVersion:
             name: tensors[i].data if shape is None else tensors[i].data.reshape(shape)
             for i, name, shape in plan.inputs
         }
-        return PendingRequest(inputs=inputs, rows=plan.rows, shape_key=plan.shape_key)
+        pending = PendingRequest(inputs=inputs, rows=plan.rows, shape_key=plan.shape_key)
+        if self.per_request:
+            pending.origin = req
+        return pending
 
     def _plan(self, tensors: list[InferTensor]) -> _InputPlan:
         given = {t.name: i for i, t in enumerate(tensors)}
@@ -320,6 +343,27 @@ def _with_delay(
         return execute(inputs)
 
     return delayed
+
+
+def _requests_executor(
+    backend: Backend, delay: float
+) -> Callable[[list[PendingRequest]], list[dict[str, np.ndarray] | Exception]]:
+    """A per-request backend's executor: each queued request becomes one BackendRequest."""
+
+    def run(batch: list[PendingRequest]) -> list[dict[str, np.ndarray] | Exception]:
+        if delay > 0:
+            time.sleep(delay)  # on the instance thread, never the event loop
+        requests = []
+        for r in batch:
+            origin: InferRequest | None = r.origin
+            if origin is None:
+                requests.append(BackendRequest(r.inputs))
+            else:
+                names = tuple(o.name for o in origin.outputs)
+                requests.append(BackendRequest(r.inputs, origin.id, names, origin.parameters))
+        return backend.execute_requests(requests)
+
+    return run
 
 
 def _resolve(shape: tuple[int, ...], size: int, name: str) -> tuple[int, ...]:

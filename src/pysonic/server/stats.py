@@ -93,6 +93,24 @@ class ModelStats:
                 self.compute_infer_ns += batch.compute_infer_ns
                 self.compute_output_ns += batch.compute_output_ns
 
+    def record_ensemble(self, total_ns: int, rows: int, step_ns: list[int]) -> None:
+        """One successful ensemble request: ``step_ns`` sums its steps' queue, compute input,
+        compute infer and compute output times (an ensemble has no executions of its own)."""
+        queue_ns, input_ns, infer_ns, output_ns = step_ns
+        with self._lock:
+            self.success_count += 1
+            self.success_ns += total_ns
+            self.latency_buckets[bisect.bisect_left(LATENCY_BUCKETS_US, total_ns / 1000)] += 1
+            self.queue_count += 1
+            self.queue_ns += queue_ns
+            self.compute_count += 1
+            self.compute_input_ns += input_ns
+            self.compute_infer_ns += infer_ns
+            self.compute_output_ns += output_ns
+            self.execution_count += 1
+            self.inference_count += rows
+            self.last_inference_ms = time.time_ns() // 1_000_000
+
     def record_failure(self, total_ns: int) -> None:
         with self._lock:
             self.fail_count += 1
