@@ -194,9 +194,9 @@ def test_perf_analyzer_json_data(tmp_path: Path) -> None:
     assert len(sets) == 1  # three steps make one full batch of two
     assert sets[0]["A"].shape == (2, 2, 2)
     np.testing.assert_array_equal(sets[0]["B"][1], [0, 1, 2])
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"data": [{"A": [1, 2, 3, 4]}]}))
     with pytest.raises(ValueError, match="no data for input"):
-        bad = tmp_path / "bad.json"
-        bad.write_text(json.dumps({"data": [{"A": [1, 2, 3, 4]}]}))
         make_input_sets(IO, shapes={"A": (2, 2)}, data=str(bad))
 
 

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import DENSE_CONFIG, dense_model, save_model
 
+from conftest import DENSE_CONFIG, dense_model, save_model
 from pysonic.perf.plan import (
     SonicModel,
     perf_csv_throughput,
@@ -89,8 +89,9 @@ def test_inputs_from_measurements(tmp_path: Path) -> None:
 def test_plan_cli_documents_every_input(tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "pysonic", "plan", "--help"]
     done = subprocess.run(cmd, capture_output=True, text=True, check=True, env=ENV)
-    for word in ("t_ideal", "t_SONIC", "t_CPU", "t_GPU", "t_latency", "N_CPU", "N_GPU",
-                 "--p ", "--timing-json", "--perf-csv", "--ping", "--server-throughput"):  # fmt: skip
+    words = ["t_ideal", "t_SONIC", "t_CPU", "t_GPU", "t_latency", "N_CPU", "N_GPU", "--p ",
+             "--timing-json", "--perf-csv", "--ping", "--server-throughput"]  # fmt: skip
+    for word in words:
         assert word in done.stdout, word
     cmd = [
         sys.executable, "-m", "pysonic", "plan", "--p", "0.5", "--t-cpu-ms", "100",
