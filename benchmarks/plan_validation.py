@@ -62,11 +62,14 @@ def main() -> None:
     for name, kind in result.inputs["request_kinds"].items():
         console.print(
             f"  {name}: batch {kind['batch']}, {kind['per_event']:.2f} requests/event, "
-            f"server {kind['requests_per_s']:.1f} requests/s"
+            f"server {kind['requests_per_s']:.1f} requests/s, "
+            f"{kind['server_cpu_ms_per_request']:.2f} ms server CPU/request"
         )
+    t_cpu_based = result.inputs["t_gpu_server_cpu_ms"]
+    console.print(f"  t_GPU from the server's CPU time per request: {t_cpu_based:.2f} ms")
     table = Table(title="t_SONIC: measured vs predicted events/s per job")
     for col in ("jobs k", "measured", "predicted", "error", "per job", "window s", "state",
-                "client load"):  # fmt: skip
+                "client load", "server CPU ms/ev", "server busy", "its cores busy"):  # fmt: skip
         table.add_column(col, justify="right")
     for r in result.rows:
         table.add_row(
@@ -78,6 +81,9 @@ def main() -> None:
             f"{r.window_s:.1f}",
             "saturated" if m.saturated(r.k) else "unsaturated",
             f"{r.client_load:.0%}",
+            f"{r.server_cpu_ms_per_event:.1f}",
+            f"{r.server_busy:.0%}",
+            f"{r.server_cores_busy:.0%}",
         )
     console.print(table)
     worst = max(abs(r.error) for r in result.rows)

@@ -34,6 +34,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -75,6 +76,9 @@ class ValidationRow:
     per_job: list[float]
     window_s: float
     client_load: float  #: the jobs' own CPU work over the client cores (model's assumption: < 1)
+    server_cpu_ms_per_event: float = 0.0  #: the server's CPU time per event over the run
+    server_busy: float = 0.0  #: the server's CPU time / (wall time x its cores) over the run
+    server_cores_busy: float = 0.0  #: the server's cores busy with anything (others' work too)
 
     @property
     def error(self) -> float:
@@ -103,6 +107,23 @@ def _cores(settings: ValidationSettings) -> tuple[list[int], list[int]]:
         return have, have
     half = len(have) // 2
     return have[half:], have[:half]
+
+
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cores_busy_s(cores: Sequence[int]) -> float:
+    """CPU seconds the ``cores`` spent busy (any process), from /proc/stat."""
+    total = 0
+    for line in Path("/proc/stat").read_text().splitlines():
+        name, *values = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+            ticks = [int(v) for v in values]
+            total += sum(ticks[:8]) - ticks[3] - ticks[4]  # all but idle and iowait
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _pin_process(pid: int, cores: Sequence[int]) -> None:
@@ -160,7 +181,7 @@ def _common_rates(jobs: list[dict[str, Any]]) -> tuple[list[float], float]:
 
 
 def _t_gpu(
-    url: str, jets: dict[str, float], settings: ValidationSettings
+    url: str, pid: int, jets: dict[str, float], settings: ValidationSettings
 ) -> tuple[float, dict[str, Any]]:
     """Server time per event from the load generator's saturated throughput per request kind."""
     kinds = [  # (name, model, batch, requests per event)
@@ -176,10 +197,18 @@ def _t_gpu(
             sets = make_input_sets(io, batch=int(batch))
             spec = TargetSpec("grpc", url, model, tuple(sets), outputs=io.outputs)
             levels = [LoadLevel(concurrency=c) for c in settings.perf_concurrency]
+            before, cpu0 = control.statistics(model), _cpu_s(pid)
             results, _ = profile(spec, control, levels, settings.perf)
+            served = (control.statistics(model) - before).success_count
+            cpu_ms = (_cpu_s(pid) - cpu0) / max(1, served) * 1e3
             rate = max(r.requests_per_s for r in results)
             total += per_event / rate
-            detail[name] = {"batch": int(batch), "per_event": per_event, "requests_per_s": rate}
+            detail[name] = {
+                "batch": int(batch),
+                "per_event": per_event,
+                "requests_per_s": rate,
+                "server_cpu_ms_per_request": cpu_ms,
+            }
     return total, detail
 
 
@@ -227,23 +256,38 @@ def _validate(
             "ak4_batch": max(1.0, round(float(ak4[ak4 > 0].mean()))) if (ak4 > 0).any() else 1,
         }
         say("load generator: t_GPU")
-        t_gpu, kinds = _t_gpu(server.grpc_url, jets, settings)
+        pid = server.proc.pid  # type: ignore[union-attr]
+        t_gpu, kinds = _t_gpu(server.grpc_url, pid, jets, settings)
         t_latency = ping(server.grpc_url)
         model = SonicModel(p=p, t_cpu=t_cpu, t_gpu=t_gpu, t_latency=t_latency)
         rows = []
         for k in settings.ks:
             say(f"{k} sonic-async job(s)")
             spec = {**base, "mode": "sonic-async", "server": server.grpc_url}
+            cpu0, core0, wall0 = _cpu_s(pid), _cores_busy_s(server_cores), time.monotonic()
             jobs = _run_jobs(k, {**spec, "events": settings.events}, work)
+            cpu, wall = _cpu_s(pid) - cpu0, (time.monotonic() - wall0) * len(server_cores)
+            server_busy = cpu / wall
+            cores_busy = (_cores_busy_s(server_cores) - core0) / wall
             rates, seconds = _common_rates(jobs)
             predicted = model.events_per_s(k)
             load = k * (1 - p) * t_cpu * float(np.mean(rates)) / len(client_cores)
-            rows.append(ValidationRow(k, float(np.mean(rates)), predicted, rates, seconds, load))
+            rows.append(
+                ValidationRow(
+                    k, float(np.mean(rates)), predicted, rates, seconds, load,
+                    server_cpu_ms_per_event=cpu / (k * settings.events) * 1e3,
+                    server_busy=server_busy,
+                    server_cores_busy=cores_busy,
+                )
+            )  # fmt: skip
     inputs = {
         "server_cores": server_cores,
         "client_cores": client_cores,
         "jets": jets,
         "request_kinds": kinds,
+        "t_gpu_server_cpu_ms": sum(
+            k["per_event"] * k["server_cpu_ms_per_request"] for k in kinds.values()
+        ),
         "events_per_job": settings.events,
         "direct_events": settings.direct_events,
     }
