@@ -36,6 +36,7 @@ __all__ = [
     "LevelResult",
     "PerfOptions",
     "PerfReport",
+    "ProfileSettings",
     "WindowResult",
     "parse_range",
     "profile",
