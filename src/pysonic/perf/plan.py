@@ -174,9 +174,10 @@ def plot_plan(
     *,
     measured: Sequence[tuple[int, float]] = (),
     title: str = "",
+    also: SonicModel | None = None,
 ) -> Path:
     """Events/s per job and in total vs jobs per server, the saturation point marked;
-    ``measured`` adds (jobs, events/s per job) points."""
+    ``measured`` adds (jobs, events/s per job) points, ``also`` a second model's curve."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -185,6 +186,8 @@ def plot_plan(
     n = [k / 4 for k in range(4, 4 * max_jobs + 1)]
     fig, ax1 = plt.subplots(figsize=(7.5, 4.5))
     ax1.plot(n, [model.events_per_s(k) for k in n], label="per job (model)")
+    if also is not None:
+        ax1.plot(n, [also.events_per_s(k) for k in n], ":", label="per job (second model)")
     if measured:
         ax1.plot(*zip(*measured, strict=True), "o", label="per job (measured)")
     ax1.axvline(model.saturation_jobs, color="gray", ls=":", label="saturation")

@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +79,11 @@ class ValidationRow:
     server_cpu_ms_per_event: float = 0.0  #: the server's CPU time per event over the run
     server_busy: float = 0.0  #: the server's CPU time / (wall time x its cores) over the run
     server_cores_busy: float = 0.0  #: the server's cores busy with anything (others' work too)
+    predicted_cpu: float = 0.0  #: 1 / t_SONIC(k) with t_GPU from the server's CPU time
+
+    @property
+    def error_cpu(self) -> float:
+        return self.measured / self.predicted_cpu - 1.0 if self.predicted_cpu else float("nan")
 
     @property
     def error(self) -> float:
@@ -87,15 +92,17 @@ class ValidationRow:
 
 @dataclass
 class ValidationResult:
-    model: SonicModel
+    model: SonicModel  #: t_GPU from the load generator's best saturated throughput
+    model_cpu: SonicModel  #: t_GPU from the server's CPU time per request under that load
     rows: list[ValidationRow]
     inputs: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.model.to_dict(),
+            "model_cpu": self.model_cpu.to_dict(),
             "inputs": self.inputs,
-            "rows": [{**asdict(r), "error": r.error} for r in self.rows],
+            "rows": [{**asdict(r), "error": r.error, "error_cpu": r.error_cpu} for r in self.rows],
         }
 
 
@@ -260,6 +267,8 @@ def _validate(
         t_gpu, kinds = _t_gpu(server.grpc_url, pid, jets, settings)
         t_latency = ping(server.grpc_url)
         model = SonicModel(p=p, t_cpu=t_cpu, t_gpu=t_gpu, t_latency=t_latency)
+        t_gpu_cpu = sum(k["per_event"] * k["server_cpu_ms_per_request"] for k in kinds.values())
+        model_cpu = replace(model, t_gpu=t_gpu_cpu / 1e3 / len(server_cores))
         rows = []
         for k in settings.ks:
             say(f"{k} sonic-async job(s)")
@@ -278,6 +287,7 @@ def _validate(
                     server_cpu_ms_per_event=cpu / (k * settings.events) * 1e3,
                     server_busy=server_busy,
                     server_cores_busy=cores_busy,
+                    predicted_cpu=model_cpu.events_per_s(k),
                 )
             )  # fmt: skip
     inputs = {
@@ -285,10 +295,8 @@ def _validate(
         "client_cores": client_cores,
         "jets": jets,
         "request_kinds": kinds,
-        "t_gpu_server_cpu_ms": sum(
-            k["per_event"] * k["server_cpu_ms_per_request"] for k in kinds.values()
-        ),
+        "t_gpu_server_cpu_ms": model_cpu.t_gpu * 1e3,
         "events_per_job": settings.events,
         "direct_events": settings.direct_events,
     }
-    return ValidationResult(model, rows, inputs)
+    return ValidationResult(model, model_cpu, rows, inputs)
