@@ -106,6 +106,7 @@ def main() -> None:
         m, max(max(ks) + 1, 4), args.plot,
         measured=[(r.k, r.measured) for r in result.rows],
         also=result.model_cpu,
+        also_label="t_GPU from server CPU time",
         title="t_SONIC model vs measured (local CPU server)",
     )  # fmt: skip
     console.print(f"plot: {plot}")

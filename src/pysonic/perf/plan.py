@@ -175,6 +175,7 @@ def plot_plan(
     measured: Sequence[tuple[int, float]] = (),
     title: str = "",
     also: SonicModel | None = None,
+    also_label: str = "second model",
 ) -> Path:
     """Events/s per job and in total vs jobs per server, the saturation point marked;
     ``measured`` adds (jobs, events/s per job) points, ``also`` a second model's curve."""
@@ -187,7 +188,7 @@ def plot_plan(
     fig, ax1 = plt.subplots(figsize=(7.5, 4.5))
     ax1.plot(n, [model.events_per_s(k) for k in n], label="per job (model)")
     if also is not None:
-        ax1.plot(n, [also.events_per_s(k) for k in n], ":", label="per job (second model)")
+        ax1.plot(n, [also.events_per_s(k) for k in n], ":", label=f"per job ({also_label})")
     if measured:
         ax1.plot(*zip(*measured, strict=True), "o", label="per job (measured)")
     ax1.axvline(model.saturation_jobs, color="gray", ls=":", label="saturation")
@@ -198,6 +199,8 @@ def plot_plan(
     if measured:
         ax2.plot([k for k, _ in measured], [k * v for k, v in measured], "s", color="C3")
     ax2.set_ylabel("events / s, all jobs")
+    ax1.set_ylim(bottom=0)
+    ax2.set_ylim(bottom=0)
     lines = ax1.get_legend_handles_labels()
     more = ax2.get_legend_handles_labels()
     ax1.legend(lines[0] + more[0], lines[1] + more[1], loc="center right", fontsize=8)
