@@ -172,6 +172,9 @@ def _run_jobs(
             if p.poll() is None:
                 p.kill()
                 p.wait()
+            for pipe in (p.stdin, p.stdout):
+                if pipe is not None:
+                    pipe.close()
     return [json.loads(o.read_text()) for o in outs]
 
 
