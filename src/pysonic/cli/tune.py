@@ -68,10 +68,12 @@ def tune(
         Path("out/tune")
     ),
 ) -> None:
-    """Search max_batch_size, preferred_batch_size, max_queue_delay_microseconds, instance count
-    and runtime threads by serving each candidate with a real `pysonic serve` and measuring it
-    with the load generator; rank by throughput within a latency budget; write the best
-    config.pbtxt, a report table, a plot and JSON."""
+    """Search a model's serving config with real servers, like Triton's Model Analyzer.
+
+    Tries max_batch_size, preferred_batch_size, max_queue_delay_microseconds, instance count and
+    runtime threads, serving each candidate with a real `pysonic serve` and measuring it with the
+    load generator; ranks by throughput within a latency budget; writes the best config.pbtxt, a
+    report table, a plot and JSON."""
     from pysonic.perf._inputs import parse_shape
     from pysonic.perf.profiler import ProfileSettings
     from pysonic.perf.tune import SearchSpace, TuneSettings, parse_sizes, plot_tune
