@@ -21,9 +21,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 from rich.console import Console
-from rich.table import Table
 
-from pysonic.perf.direct import PROVIDERS, bench_direct, plot_direct
+from pysonic.perf.direct import PROVIDERS, bench_direct, direct_table, plot_direct
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ("particlenet_lite", "particlenet", "part", "deepmet")
@@ -72,32 +71,20 @@ def main() -> None:
     cap = args.max_seconds_per_point
     cap = (2.0 if args.quick else 20.0) if cap is None else cap
     points = []
-    table = Table(title=f"direct onnxruntime ({args.provider}), T = N / median latency")
-    for col in ("model", "batch", "trials", "p50 ms", "p90 ms", "items/s", "ms/item"):
-        table.add_column(col, justify="right")
     for name in args.models:
         path = args.repository / name
         if not path.exists():
             console.print(f"[yellow]skip {name}: {path} missing[/yellow]")
             continue
-        for p in bench_direct(
+        points += bench_direct(
             path,
             batches,
             trials=trials,
             provider=args.provider,
             threads=args.threads,
             max_seconds_per_point=cap or None,
-        ):
-            points.append(p)
-            table.add_row(
-                p.model,
-                str(p.batch),
-                str(p.trials),
-                f"{p.latency_ms_p50:.2f}",
-                f"{p.latency_ms_p90:.2f}",
-                f"{p.throughput:,.0f}",
-                f"{1000 / p.throughput:.3f}",
-            )
+        )
+    table = direct_table(points, f"direct onnxruntime ({args.provider}), T = N / median latency")
     console.print(table)
     rates = event_rates(40 if args.quick else 400)
     console.print(

@@ -1,8 +1,8 @@
 """Python inference servers side by side: same model files, same load generator, same machine.
 
 What it measures, in one run: requests/s, items/s and p50/p99 latency of Triton-protocol gRPC
-requests (``pysonic.perf.loadgen``: closed loop, tritonclient.grpc.aio, on the same cores as the
-server) against
+requests (``pysonic.perf.loadgen``: closed loop, grpc.aio + pysonic's codec, on the same cores as
+the server) against
 
   * pysonic (``pysonic serve`` on ``model_repository/``),
   * PyTriton 0.7 (a real tritonserver; onnxruntime inside its Python infer functions),

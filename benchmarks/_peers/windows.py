@@ -1,6 +1,6 @@
 """One timed window of each kind, reported as the same small dict.
 
-* served: ``pysonic.perf.loadgen.measure`` (closed loop, tritonclient.grpc.aio) against a URL;
+* served: ``pysonic.perf.loadgen.measure`` (closed loop, grpc.aio + pysonic's codec) against a URL;
 * direct: ``serve_vs_direct.direct_throughput`` (one in-process ``InferenceSession`` with
   ``intra_op_num_threads`` = all cores, the timed ``run`` call only), on inputs from
   ``pysonic.perf.direct``'s factory (valid masks and four-vectors for the HEP models).

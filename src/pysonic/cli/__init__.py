@@ -35,6 +35,17 @@ def _register_subcommands() -> None:
     app.add_typer(models.app, name="models")
     app.add_typer(events.app, name="events")
     app.add_typer(workflow.app, name="workflow")
+    _register_perf()
+
+
+def _register_perf() -> None:
+    """The performance toolkit: ``perf``, ``bench-direct``, ``tune``, ``plan``."""
+    from pysonic.cli import perf, plan, tune
+
+    app.command(name="perf")(perf.perf)
+    app.command(name="bench-direct")(perf.bench_direct)
+    app.command(name="tune")(tune.tune)
+    app.command(name="plan")(plan.plan)
 
 
 _register_subcommands()

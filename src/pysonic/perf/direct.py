@@ -23,7 +23,19 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["PROVIDERS", "DirectPoint", "bench_direct", "plot_direct"]
+__all__ = [
+    "DEFAULT_BATCHES",
+    "PROVIDERS",
+    "DirectPoint",
+    "available_providers",
+    "bench_direct",
+    "direct_table",
+    "plot_direct",
+    "write_direct_csv",
+]
+
+#: seed 001's batch sizes: powers of two from 4 to 2048
+DEFAULT_BATCHES = tuple(2**k for k in range(2, 12))
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -55,6 +67,14 @@ class DirectPoint:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def available_providers() -> list[str]:
+    """The keys of :data:`PROVIDERS` whose execution provider this onnxruntime has."""
+    import onnxruntime as ort
+
+    have = set(ort.get_available_providers())
+    return [key for key, ep in PROVIDERS.items() if ep in have]
 
 
 def _model_file(path: Path) -> tuple[str, Path]:
@@ -189,3 +209,43 @@ def plot_direct(points: Sequence[DirectPoint], path: Path, title: str = "") -> P
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+_CSV_FIELDS = (
+    "model", "provider", "batch", "trials", "latency_ms_p50", "latency_ms_p90", "latency_ms_min",
+    "throughput",
+)  # fmt: skip
+
+
+def write_direct_csv(points: Sequence[DirectPoint], path: Path) -> Path:
+    """One row per (model, provider, batch): the :class:`DirectPoint` fields."""
+    import csv
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=_CSV_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(p.as_dict() for p in points)
+    return path
+
+
+def direct_table(points: Sequence[DirectPoint], title: str = "") -> Any:
+    """A rich table of the points: latency, items/s and ms per item."""
+    from rich.table import Table
+
+    table = Table(title=title or "direct inference, T = N / median latency")
+    for col in ("model", "provider", "batch", "trials", "p50 ms", "p90 ms", "items/s", "ms/item"):
+        table.add_column(col, justify="right")
+    for p in points:
+        table.add_row(
+            p.model,
+            p.provider,
+            str(p.batch),
+            str(p.trials),
+            f"{p.latency_ms_p50:.2f}",
+            f"{p.latency_ms_p90:.2f}",
+            f"{p.throughput:,.0f}",
+            f"{1000 / p.throughput:.3f}",
+        )
+    return table

@@ -1,12 +1,12 @@
-"""Closed-loop load over Triton's gRPC protocol: perf_analyzer's concurrency mode.
+"""One closed-loop window over Triton's gRPC protocol: the simple entry to the load engine.
 
 ``concurrency`` workers each keep exactly one request in flight (send, wait for the answer, send
 the next), cycling through a pool of prepared input sets, so the server sees a constant number of
-outstanding requests. Requests are built once (``tritonclient``'s ``InferInput`` holds the
-serialized bytes), so the generator spends its time on the RPCs, not on numpy. It runs on uvloop
-when that is installed (``pysonic._loop``). When one process cannot keep up (a trivial model on a
-fast server), the workers are split over several processes that start their timed window
-together (a barrier after warm-up) and report their latencies back.
+outstanding requests. This is :mod:`pysonic.perf._engine` (the engine behind ``pysonic perf``)
+with one warm-up and one timed window, for benchmarks that want a single number per point; it
+runs on uvloop when that is installed (``pysonic._loop``). When one process cannot keep up (a
+trivial model on a fast server), the workers are split over several processes whose records are
+cut to the same window on the host's monotonic clock.
 
 Any Triton-protocol server is a target: pysonic, NVIDIA Triton, PyTriton, MLServer.
 
@@ -20,7 +20,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from pysonic._loop import run
-from pysonic.protocol.datatypes import from_numpy_dtype
+from pysonic.perf._engine import LoadEngine, LoadLevel, LoadRunner, Records
+from pysonic.perf._inputs import TensorInfo
+from pysonic.perf._senders import TargetSpec, make_sender
 
 __all__ = ["LoadTarget", "LoadWindow", "closed_loop", "measure"]
 
@@ -102,20 +102,26 @@ class LoadWindow:
         }
 
 
-def _prepared(target: LoadTarget) -> list[tuple[list[Any], list[Any]]]:
-    import tritonclient.grpc.aio as grpcclient
+def _spec(target: LoadTarget) -> TargetSpec:
+    return TargetSpec(
+        protocol="grpc",
+        url=target.url,
+        model=target.model,
+        input_sets=tuple(dict(s) for s in target.inputs),
+        version=target.version,
+        outputs=tuple(TensorInfo(o, "FP32", ()) for o in target.outputs),
+    )
 
-    sets = []
-    for arrays in target.inputs:
-        inputs = []
-        for name, arr in arrays.items():
-            arr = np.ascontiguousarray(arr)
-            i = grpcclient.InferInput(name, list(arr.shape), from_numpy_dtype(arr.dtype))
-            i.set_data_from_numpy(arr)
-            inputs.append(i)
-        outputs = [grpcclient.InferRequestedOutput(o) for o in target.outputs]
-        sets.append((inputs, outputs))
-    return sets
+
+def _window(records: Records, concurrency: int, seconds: float, batch: int) -> LoadWindow:
+    return LoadWindow(
+        concurrency=concurrency,
+        seconds=seconds,
+        latencies_us=records.latency_ns.astype(np.float64) / 1000.0,
+        errors=len(records.error_end_ns),
+        error_sample=records.error_samples[0] if records.error_samples else "",
+        batch=batch,
+    )
 
 
 async def closed_loop(
@@ -126,77 +132,27 @@ async def closed_loop(
     warmup: float = 0.5,
     barrier: Any = None,
 ) -> LoadWindow:
-    """``concurrency`` workers in one process; a warm-up, then the timed window."""
-    import tritonclient.grpc.aio as grpcclient
-    from tritonclient.utils import InferenceServerException
+    """``concurrency`` workers on the running loop; a warm-up, then the timed window.
 
-    sets = _prepared(target)
-    latencies: list[int] = []
-    errors: list[str] = []
-    state = {"stop": 0.0, "timed": False}
-
-    async with grpcclient.InferenceServerClient(target.url) as client:
-
-        async def worker(k: int) -> None:
-            i = k
-            infer, version, now = client.infer, target.version, time.perf_counter_ns
-            while time.perf_counter() < state["stop"]:
-                inputs, outputs = sets[i % len(sets)]
-                i += 1
-                start = now()
-                try:
-                    await infer(target.model, inputs, model_version=version, outputs=outputs)
-                except InferenceServerException as err:  # counted; the load goes on
-                    if state["timed"]:
-                        errors.append(str(err))
-                    continue
-                if state["timed"]:
-                    latencies.append(now() - start)
-
-        state["stop"] = time.perf_counter() + warmup
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    ``barrier`` (a ``threading``/``multiprocessing`` barrier) is waited on after the warm-up,
+    so callers running this in several places can start their windows together."""
+    spec = _spec(target)
+    engine = LoadEngine(make_sender(spec), n_sets=len(spec.input_sets), slots=concurrency)
+    await engine.open()
+    try:
+        await engine.set_level(LoadLevel(concurrency=concurrency))
+        await asyncio.sleep(warmup)
         if barrier is not None:
             await asyncio.get_running_loop().run_in_executor(None, barrier.wait)
-        state["timed"] = True
-        begin = time.perf_counter()
-        state["stop"] = begin + seconds
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        elapsed = time.perf_counter() - begin
-    return LoadWindow(
-        concurrency=concurrency,
-        seconds=elapsed,
-        latencies_us=np.asarray(latencies, dtype=np.float64) / 1000.0,
-        errors=len(errors),
-        error_sample=errors[0] if errors else "",
-        batch=target.batch,
-    )
-
-
-def _worker_main(
-    target: LoadTarget, concurrency: int, seconds: float, warmup: float, barrier: Any, out: Any
-) -> None:
-    try:
-        window = run(closed_loop(target, concurrency, seconds, warmup=warmup, barrier=barrier))
-        out.put(("ok", window))
-    except Exception as err:  # noqa: BLE001 - reported to the parent, which raises it
-        barrier.abort()
-        out.put(("error", f"{type(err).__name__}: {err}"))
-
-
-def _collect(out: Any, procs: list[Any], deadline: float) -> list[tuple[str, Any]]:
-    """Each process's result; a process that dies without one fails the window at once."""
-    import queue
-
-    results: list[tuple[str, Any]] = []
-    while len(results) < len(procs):
-        try:
-            results.append(out.get(timeout=0.2))
-        except queue.Empty:
-            dead = [p for p in procs if p.exitcode not in (None, 0)]
-            if dead or time.monotonic() > deadline:
-                why = f"exit code {dead[0].exitcode}" if dead else "no result before the deadline"
-                return [*results, ("error", why)]
-    return results
+        engine.take()
+        begin = time.monotonic_ns()
+        await asyncio.sleep(seconds)
+        end = time.monotonic_ns()
+        await engine.stop_load()
+        records = engine.take().ended_between(begin, end)
+    finally:
+        await engine.close()
+    return _window(records, concurrency, (end - begin) / 1e9, spec.batch)
 
 
 def measure(
@@ -210,36 +166,16 @@ def measure(
     """One window at ``concurrency``; with ``processes`` > 1 the workers are split across
     that many processes (spawned, so nothing of the caller's state is shared)."""
     processes = max(1, min(processes, concurrency))
-    if processes == 1:
-        return run(closed_loop(target, concurrency, seconds, warmup=warmup))
-    ctx = multiprocessing.get_context("spawn")
-    barrier = ctx.Barrier(processes)
-    out = ctx.Queue()
-    shares = [concurrency // processes + (k < concurrency % processes) for k in range(processes)]
-    procs = [
-        ctx.Process(target=_worker_main, args=(target, n, seconds, warmup, barrier, out))
-        for n in shares
-    ]
-    for p in procs:
-        p.start()
-    try:
-        results = _collect(out, procs, deadline=time.monotonic() + seconds + warmup + 120)
-    finally:
-        for p in procs:
-            p.join(10)
-            if p.is_alive():
-                p.kill()
-    failed = [r[1] for r in results if r[0] != "ok"]
-    if failed:
-        msg = f"load generator process failed: {failed[0]}"
-        raise RuntimeError(msg)
-    windows: list[LoadWindow] = [r[1] for r in results]
-    return LoadWindow(
-        concurrency=concurrency,
-        seconds=max(w.seconds for w in windows),
-        latencies_us=np.concatenate([w.latencies_us for w in windows]),
-        errors=sum(w.errors for w in windows),
-        error_sample=next((w.error_sample for w in windows if w.error_sample), ""),
-        batch=target.batch,
-        processes=processes,
-    )
+    spec = _spec(target)
+    with LoadRunner(spec, processes=processes, slots=concurrency) as runner:
+        runner.set_level(LoadLevel(concurrency=concurrency))
+        time.sleep(warmup)
+        runner.take()
+        begin = time.monotonic_ns()
+        time.sleep(seconds)
+        end = time.monotonic_ns()
+        runner.set_level(None)
+        records = runner.take().ended_between(begin, end)
+    window = _window(records, concurrency, (end - begin) / 1e9, spec.batch)
+    window.processes = processes
+    return window

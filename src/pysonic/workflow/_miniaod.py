@@ -241,9 +241,13 @@ def run_workflow(
         outputs: dict[int, dict[str, Any]] = {}
         modules = build_modules(backends, models)
         process = Process(modules, streams=config.streams, threads=config.threads)
-        report = process.run(
-            payloads, on_event_done=lambda ev: outputs.__setitem__(ev.id, _event_output(ev))
-        )
+
+        def done(ev: Event) -> None:
+            outputs[ev.id] = _event_output(ev)
+            if progress is not None:
+                progress(len(outputs))
+
+        report = process.run(payloads, on_event_done=done)
     ordered = [outputs[i] for i in sorted(outputs)]
     path = write_outputs(ordered, config.output) if config.output else None
     modes = {n: c.mode for n, c in config.modules.items()}

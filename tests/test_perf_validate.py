@@ -1,0 +1,43 @@
+"""A quick version of the planner's validation: real workflow jobs against one pinned CPU server.
+
+benchmarks/plan_validation.py is the full run (k = 1..4, more events) whose figures docs/perf.md
+gives. This keeps the whole pipeline honest (every t_SONIC input measured, jobs started together,
+rates over their common interval) with bounds loose enough for a shared 2-core host.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pysonic.perf.profiler import ProfileSettings
+from pysonic.perf.validate import ValidationSettings, validate
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_planner_predicts_real_jobs_against_one_server() -> None:
+    settings = ValidationSettings(
+        ks=(1, 3),
+        events=30,
+        direct_events=30,
+        repository=ROOT / "model_repository",
+        perf=ProfileSettings(window_ms=600, max_trials=3, stability_pct=20.0, settle_s=0.2),
+        perf_concurrency=(1, 4),
+    )
+    result = validate(settings)
+    m = result.model
+    assert 0.5 < m.p < 1.0  # the miniAOD-like workflow is inference-dominated
+    assert m.t_gpu > 0
+    assert m.t_latency < 0.01
+    one, three = result.rows
+    assert not m.saturated(1)
+    assert m.saturated(3)
+    assert one.client_load < 1.0
+    assert three.client_load < 1.0  # the jobs' own work fits their cores: the model applies
+    assert abs(one.error) < 0.25, result.to_dict()
+    assert abs(three.error) < 0.35, result.to_dict()
+    # the saturated jobs share the server: together they make about what one server can
+    assert 3 * three.measured == pytest.approx(1 / m.t_gpu, rel=0.35)
