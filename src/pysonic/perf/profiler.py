@@ -319,6 +319,7 @@ class PerfOptions:
     levels: Sequence[LoadLevel] = (LoadLevel(concurrency=1),)  # --concurrency-range / ...
     settings: ProfileSettings = ProfileSettings()  # -p, -s, --max-trials, --percentile, -l
     processes: int = 1  #: load processes (pysonic's own option)
+    binary_data: bool = True  #: HTTP tensors in the binary extension (False: JSON data)
 
 
 @dataclass
@@ -370,6 +371,7 @@ def run_perf(
             shared_memory=options.shared_memory,
             output_shm_size=options.output_shm_size,
             batch_size=options.batch if io.max_batch_size > 0 else 1,
+            binary_data=options.binary_data,
         )
         before = control.statistics(options.model, options.version)
         results, totals = profile(

@@ -98,12 +98,17 @@ class HttpListener:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    """A listening socket on ``host:port`` (IPv4 or IPv6), with ``SO_REUSEADDR`` only."""
+    """A listening socket on ``host:port`` (IPv4 or IPv6), ``SO_REUSEADDR`` (no
+    ``SO_REUSEPORT``) and ``TCP_NODELAY``."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted connections inherit TCP_NODELAY on Linux. Without it a response written in
+        # two parts (head, then body) waits for the client's delayed ACK: measured 40 ms per
+        # request with aiohttp clients when the loop does not set it on each connection.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind(address)
         sock.listen(2048)
         sock.setblocking(False)
