@@ -74,10 +74,12 @@ EXPECTED = {
         "jet_inputs",
         "make_sample",
         "read_events",
+        "read_root",
         "sample_path",
         "simulate",
         "verify_sample",
         "write_events",
+        "write_root",
     ],
     "pysonic.perf": ["DirectPoint", "bench_direct", "plot_direct"],
     "pysonic.workflow": [

@@ -4,8 +4,8 @@ every particle of an event for DeepMET.
 The particles of all events are flattened once into numpy arrays; a jet's constituents are then
 global indices into them, and every jet's inputs are built at once
 (:func:`~pysonic.events.vectorized.jet_features_flat`, bit-identical to the per-jet
-:func:`~pysonic.events.features.jet_features`, 8-16x faster on the shipped sample). DeepMET inputs are built fully
-vectorized too.
+:func:`~pysonic.events.features.jet_features`, 8-16x faster on the shipped sample). DeepMET
+inputs are built fully vectorized too.
 
 Example::
 

@@ -37,7 +37,7 @@ from pysonic.events.features import (
     _kinematics,
 )
 
-__all__ = ["JET_P4_FIELDS", "CONSTITUENT_FIELDS", "jet_features_flat"]
+__all__ = ["CONSTITUENT_FIELDS", "JET_P4_FIELDS", "jet_features_flat"]
 
 #: what the builder reads per jet and per constituent
 JET_P4_FIELDS = ("px", "py", "pz", "e")
@@ -63,7 +63,9 @@ def jet_features_flat(
     counts = np.asarray(counts, np.int64)
     jet = {k: np.asarray(jets[k], np.float64) for k in JET_P4_FIELDS}
     floats = ("px", "py", "pz", "e", "vx", "vy", "vz")
-    p = {k: np.asarray(parts[k], np.float64 if k in floats else np.int64) for k in CONSTITUENT_FIELDS}
+    p = {
+        k: np.asarray(parts[k], np.float64 if k in floats else np.int64) for k in CONSTITUENT_FIELDS
+    }
     jet_of, starts = _segments(counts)
     jkin = _kinematics(jet["px"], jet["py"], jet["pz"], jet["e"])
     return {**_pf(jet, jkin, jet_of, starts, p), **_sv(jkin, jet_of, len(counts), p)}
