@@ -239,4 +239,8 @@ def close_engines() -> None:
         e.close()
 
 
-atexit.register(close_engines)
+# Close before the interpreter stops thread pools: a plain atexit hook runs after
+# concurrent.futures refuses new work, and an embedded server's shutdown needs a thread
+# (asyncio.to_thread). threading's own exit hooks run first, newest first.
+_register = getattr(threading, "_register_atexit", atexit.register)
+_register(close_engines)

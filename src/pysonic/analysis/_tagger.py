@@ -145,7 +145,7 @@ class JetTagger:
         with one column per class, ``prefix + name`` for one value, ``prefix + name_i`` else."""
         fields: dict[str, np.ndarray] = {}
         for name, values in outputs.items():
-            flat = values.reshape(len(values), -1)
+            flat = values.reshape(len(values), int(np.prod(values.shape[1:])))
             if flat.shape[1] == 1:
                 fields[f"{self.prefix}{name}"] = flat[:, 0].copy()
                 continue

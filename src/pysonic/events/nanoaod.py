@@ -16,8 +16,8 @@ per collection, jet constituents as a cross-reference collection::
 The generated float32 four-vectors are stored as they are (``raw*``: px, py, pz, E) next to
 NanoAOD's (pt, eta, phi, mass), so a file read back gives bit-identical model inputs; they are
 not named ``px`` ... because coffea's vector behaviours refuse records with two coordinate
-systems. coffea's ``NanoAODSchema`` reads the file as it is (``events.FatJet``,
-``events.PFCands``, ``events.FatJetPFCands``).
+systems. coffea's ``PFNanoAODSchema`` reads the file as it is (``events.FatJet``,
+``events.PFCands``, each jet's candidates as ``events.FatJet.constituents.pf``).
 
 Example::
 
