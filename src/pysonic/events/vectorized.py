@@ -6,9 +6,9 @@ flat constituent arrays, one stable sort by (jet, falling pT) instead of one ``a
 jet, padding by scatter (``out[jet, :, slot] = values``), secondary vertices grouped by one
 ``lexsort`` on (jet, vertex position). Each value is computed by the same float64 operations in
 the same order as the reference, so the padded inputs are bit-identical (tests compare them on
-random events and on the shipped sample). One deliberate definition: constituents with equal pT
-keep their input order (a stable sort); the reference's ``argsort`` is stable too for jets of up
-to 16 constituents, and equal float64 pT among more is rare.
+random events and on the shipped sample). Constituents (and vertices) with equal pT keep their
+input order in both: a stable sort, where numpy's default ``argsort`` (SIMD-accelerated on some
+CPUs) may order ties differently from one machine to another.
 
 Layout: ``counts[j]`` constituents of jet ``j``, the constituents of all jets concatenated in
 jet order (:func:`flat_jets` builds this from the events schema).
