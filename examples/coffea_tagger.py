@@ -74,10 +74,14 @@ def run(path: Path, tagger: JetTagger, *, dask_client: Any = None, steps: int = 
         ).events()
         return proc.process(events)
     import dask
+    import uproot
 
-    events = NanoEventsFactory.from_root(
-        {str(path): "Events"}, schemaclass=PysonicNanoSchema, mode="dask", steps_per_file=steps
-    ).events()
+    with uproot.open(path) as f:
+        n = f["Events"].num_entries
+    step = max(-(-n // steps), 1)  # explicit chunks: dask knows each partition's length
+    chunks = [[start, min(start + step, n)] for start in range(0, n, step)]
+    files = {str(path): {"object_path": "Events", "steps": chunks}}
+    events = NanoEventsFactory.from_root(files, schemaclass=PysonicNanoSchema, mode="dask").events()
     (out,) = dask.compute(proc.process(events), scheduler=dask_client.get)
     return out
 
