@@ -248,3 +248,29 @@ def test_configuration_errors() -> None:
         JetTagger(backend="gpu")  # type: ignore[arg-type]
     with pytest.raises(InvalidArgumentError, match="batch_size"):
         JetTagger(batch_size=0)
+
+
+# --- optional dependencies ----------------------------------------------------------------
+
+
+def test_importing_pysonic_needs_no_analysis_packages() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pysonic, pysonic.analysis, pysonic.events, pysonic.client\n"
+        "heavy = [m for m in ('uproot', 'hist', 'coffea', 'dask', 'distributed', 'dask_awkward')"
+        " if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_missing_extra_names_the_install_command(
+    monkeypatch: pytest.MonkeyPatch, sample: ak.Array, tmp_path: Path
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "uproot", None)  # as if not installed
+    with pytest.raises(ModuleNotFoundError, match=r"pip install 'pysonic\[analysis\]'"):
+        write_root(sample[:2], tmp_path / "x.root")
