@@ -129,6 +129,9 @@ def main() -> None:
         close_engines()
         for wrapper in coffea_clients:  # tritonclient's channels, before the interpreter exits
             wrapper.client.close()  # type: ignore[attr-defined]
+            wrapper._client = None  # type: ignore[attr-defined]
+        coffea_clients.clear()
+        paths.clear()
 
     rates = {name: n_jets / statistics.median(t) for name, t in times.items()}
     table = Table(title=f"ParticleNet-Lite on the shipped sample: {n_jets} AK8 jets")
