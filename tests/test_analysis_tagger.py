@@ -62,6 +62,18 @@ def direct_scores(sample: ak.Array) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _executed_batches(server: EmbeddedServer) -> dict[int, int]:
+    """The server's executions by batch size (Triton's ModelStatistics.batch_stats)."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    try:
+        stats = client.get_inference_statistics(MODEL).model_stats
+    finally:
+        client.close()
+    return {int(b.batch_size): int(b.compute_infer.count) for s in stats for b in s.batch_stats}
+
+
 def _scores(jets: ak.Array) -> np.ndarray:
     return np.stack([ak.to_numpy(ak.flatten(jets[f"score_{c}"])) for c in JET_CLASSES], axis=1)
 
@@ -76,11 +88,16 @@ def test_backends_give_direct_inference_scores(
     tagger = JetTagger(
         backend=backend, servers=servers, model_repository=REPO, batch_size=7, max_in_flight=5
     )
+    before = _executed_batches(server)
     try:
         jets = tagger(events.ak8, jet_constituents(events, "ak8"))
     finally:
         tagger.close()
     np.testing.assert_array_equal(_scores(jets), direct_scores)
+    if backend == "site":  # requests were in flight together: the server merged some of them
+        after = _executed_batches(server)
+        merged = [size for size, n in after.items() if size > 7 and n > before.get(size, 0)]
+        assert merged, after
     assert ak.all(ak.num(jets.score_top) == ak.num(events.ak8))
     assert jets.fields[: len(events.ak8.fields)] == events.ak8.fields
     assert ak.all(jets.pt == events.ak8.pt)
