@@ -39,10 +39,12 @@ def generate(
     process: Annotated[str, typer.Option(help="ttbar | qcd | wjets")],
     n: Annotated[int, typer.Option(help="Number of events.", min=1)] = 100,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same events).")] = 1,
-    out: Annotated[Path, typer.Option(help="Output parquet file.")] = Path("events.parquet"),
+    out: Annotated[
+        Path, typer.Option(help="Output file: .parquet, or .root for a NanoAOD-like ROOT file.")
+    ] = Path("events.parquet"),
 ) -> None:
-    """Generate events: particles, AK4 and AK8 jets with truth labels, generator MET (parquet)."""
-    from pysonic.events.dataset import simulate, write_events
+    """Generate events: particles, AK4 and AK8 jets with truth labels, generator MET."""
+    from pysonic.events.dataset import simulate
     from pysonic.events.generate import PROCESSES
 
     if process not in PROCESSES:
@@ -51,7 +53,46 @@ def generate(
     with Progress(console=Console(stderr=True)) as bar:
         task = bar.add_task(f"{process}: generating", total=n)
         events = simulate(process, n, seed, progress=lambda k: bar.advance(task, k))
-    write_events(events, out)
+    _write(events, out)
+    Console().print(_summary(events, out, time.monotonic() - start))
+
+
+def _write(events: object, out: Path) -> None:
+    """Parquet, or NanoAOD-like ROOT (uproot) when the name ends in .root."""
+    if out.suffix == ".root":
+        from pysonic.events.nanoaod import write_root
+
+        write_root(events, out)
+    else:
+        from pysonic.events.dataset import write_events
+
+        write_events(events, out)
+
+
+def _read(path: Path) -> object:
+    if path.suffix == ".root":
+        from pysonic.events.nanoaod import read_root
+
+        return read_root(path)
+    from pysonic.events.dataset import read_events
+
+    return read_events(path)
+
+
+@app.command()
+def convert(
+    source: Annotated[
+        Path, typer.Argument(help="Events file (.parquet / .root), or 'sample' (the shipped one).")
+    ],
+    out: Annotated[Path, typer.Argument(help="Output file (.parquet or .root).")],
+) -> None:
+    """Convert events between parquet and NanoAOD-like ROOT (e.g. the shipped sample to ROOT)."""
+    from pysonic.events.sample import sample_path
+
+    start = time.monotonic()
+    source = sample_path() if str(source) == "sample" else source
+    events = _read(source)
+    _write(events, out)
     Console().print(_summary(events, out, time.monotonic() - start))
 
 

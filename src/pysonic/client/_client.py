@@ -30,6 +30,7 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import numpy as np
+from tritonclient.grpc import model_config_pb2
 
 from pysonic._loop import new_event_loop
 from pysonic.client._modelcheck import check_model_config
@@ -288,6 +289,12 @@ class SonicClient:
 
     def infer_batch(self, entries: Sequence[Mapping[str, np.ndarray]]) -> list[Outputs]:
         return self._loop.submit(self._core.infer_batch(entries)).result()
+
+    def model_config(self) -> model_config_pb2.ModelConfig:
+        """The server's config of this client's model (e.g. its inputs, for an adapter)."""
+        transport = self._core.transport
+        coro = transport.model_config(self.config.model_name, self.config.model_version)
+        return self._loop.submit(coro).result(self.config.timeout)
 
     def infer_ragged(self, entries: Sequence[Mapping[str, np.ndarray]]) -> list[Outputs]:
         return self._loop.submit(self._core.infer_ragged(entries)).result()

@@ -2,7 +2,9 @@
 
 Generation needs the ``events`` extra (``pip install 'pysonic[events]'``); reading the shipped
 sample needs only awkward. See :mod:`.dataset` (the on-disk schema), :mod:`.inputs` (ParticleNet
-/ ParT / DeepMET inputs), :mod:`.sample` (the shipped sample) and :mod:`.features`.
+/ ParT / DeepMET inputs), :mod:`.vectorized` (every jet's inputs at once), :mod:`.nanoaod`
+(NanoAOD-like ROOT files; the ``analysis`` extra), :mod:`.sample` (the shipped sample) and
+:mod:`.features`.
 
 Example::
 
@@ -21,6 +23,7 @@ from pysonic.events.dataset import (
     write_events,
 )
 from pysonic.events.inputs import deepmet_inputs, jet_inputs
+from pysonic.events.nanoaod import read_root, write_root
 from pysonic.events.sample import SAMPLE, make_sample, sample_path, verify_sample
 
 __all__ = [
@@ -32,8 +35,10 @@ __all__ = [
     "jet_inputs",
     "make_sample",
     "read_events",
+    "read_root",
     "sample_path",
     "simulate",
     "verify_sample",
     "write_events",
+    "write_root",
 ]

@@ -143,7 +143,7 @@ def _pf(ev: dict, jet: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
     jpt, jeta, jphi, jrap = _kinematics(*jet)
     px, py, pz, e = (ev[k][idx] for k in ("px", "py", "pz", "e"))
     pt, eta, phi, rap = _kinematics(px, py, pz, e)
-    order = np.argsort(-pt)[:N_PF]
+    order = np.argsort(-pt, kind="stable")[:N_PF]  # ties keep input order, on any CPU
     px, py, pz, e, pt, eta, phi, rap = (a[order] for a in (px, py, pz, e, pt, eta, phi, rap))
     sel = idx[order]
     pid, q = np.abs(ev["pid"][sel]), ev["charge"][sel]
@@ -239,7 +239,7 @@ def _sv(ev: dict, jet: np.ndarray, idx: np.ndarray) -> dict[str, np.ndarray]:
             np.log(np.maximum(pt, 1e-9) / jpt),
         ]
     ).astype(np.float32)
-    order = np.argsort(-pt)[:N_SV]
+    order = np.argsort(-pt, kind="stable")[:N_SV]
     n = len(order)
     out["sv_features"][:, :n] = feats[:, order]
     out["sv_points"][:, :n] = feats[:2, order]

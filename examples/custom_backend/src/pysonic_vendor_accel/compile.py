@@ -8,4 +8,4 @@ from pathlib import Path
 from pysonic_vendor_accel import compile_model
 
 if __name__ == "__main__":
-    print(compile_model(Path(sys.argv[1])))  # noqa: T201
+    print(compile_model(Path(sys.argv[1])))
