@@ -29,6 +29,7 @@ __all__ = ["ServerProcess"]
 #: logged once every requested model is loaded and readiness is true
 _GRPC = re.compile(r"serving \d+ model\(s\): gRPC on 127\.0\.0\.1:(\d+)")
 _HTTP = re.compile(r", HTTP on 127\.0\.0\.1:(\d+)")
+_METRICS = re.compile(r", metrics on 127\.0\.0\.1:(\d+)")
 
 
 class ServerProcess:
@@ -51,6 +52,8 @@ class ServerProcess:
         self.grpc_port: int | None = None
         #: set when ``extra_args`` ask for HTTP (``--http-port 0``)
         self.http_port: int | None = None
+        #: the Prometheus /metrics port (free, chosen by the server; None with --no-allow-metrics)
+        self.metrics_port: int | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
             "w+", prefix="pysonic-serve-", suffix=".log", delete=False
@@ -87,6 +90,8 @@ class ServerProcess:
                 self.grpc_port = int(port.group(1))
                 http = _HTTP.search(text, port.end())
                 self.http_port = int(http.group(1)) if http else None
+                metrics = _METRICS.search(text, port.end())
+                self.metrics_port = int(metrics.group(1)) if metrics else None
                 return self
             if self.proc.poll() is not None:
                 break
@@ -106,7 +111,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.grpc_port = self.http_port = None
+        self.grpc_port = self.http_port = self.metrics_port = None
         return self.proc.returncode
 
     def __enter__(self) -> ServerProcess:
