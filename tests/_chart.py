@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import importlib
 import re
+import warnings
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,9 @@ def _strict(schema: Any) -> Any:
     """A CRD's structural schema with unknown fields rejected (kubectl's strict field validation)."""
     if isinstance(schema, dict):
         out = {k: _strict(v) for k, v in schema.items()}
+        pattern = out.get("pattern")
+        if isinstance(pattern, str) and pattern.startswith("^(?i)"):
+            out["pattern"] = "(?i)^" + pattern[5:]  # Go allows the flag there, Python does not
         if (
             out.get("type") == "object"
             and "properties" in out
@@ -109,9 +113,12 @@ def _bootstrap_class() -> type:
         return casing.sanitize_name(key) if _PROTO_FIELD.fullmatch(key) else original(key)
 
     betterproto2.safe_snake_case = field_name
-    for module in _ENVOY_EXTENSIONS:
-        importlib.import_module(f"envoy_data_plane.{module}")
-    from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
+    with warnings.catch_warnings():
+        # betterproto2's generated pydantic validators use a form pydantic 2.12 deprecates
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for module in _ENVOY_EXTENSIONS:
+            importlib.import_module(f"envoy_data_plane.{module}")
+        from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
 
     return Bootstrap
 
@@ -122,3 +129,32 @@ def parse_envoy_bootstrap(config: dict[str, Any]) -> Any:
     bootstrap = _bootstrap_class().from_dict(config)
     bytes(bootstrap)  # serializes every field: wrong scalar types fail here
     return bootstrap
+
+
+# ---------------------------------------------------------------------------- Prometheus
+def pod_targets(
+    prometheus_yml: dict[str, Any], pods: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The chart's prometheus.yml with Kubernetes pod discovery replaced by the targets that it
+    would discover for ``pods`` (``{"name", "ip", "port", "labels", "annotations"}``).
+
+    Debian's Prometheus is built without Kubernetes discovery; static targets carrying the same
+    ``__meta_kubernetes_*`` labels go through the chart's relabel_configs unchanged, so a real
+    Prometheus still applies them exactly as it would in a cluster.
+    """
+    config = copy.deepcopy(prometheus_yml)
+    (job,) = config["scrape_configs"]
+    del job["kubernetes_sd_configs"]
+    groups = []
+    for pod in pods:
+        meta = {
+            "__meta_kubernetes_namespace": NAMESPACE,
+            "__meta_kubernetes_pod_name": pod["name"],
+        }
+        for key, value in pod.get("labels", {}).items():
+            meta[f"__meta_kubernetes_pod_label_{re.sub(r'[^a-zA-Z0-9_]', '_', key)}"] = value
+        for key, value in pod.get("annotations", {}).items():
+            meta[f"__meta_kubernetes_pod_annotation_{re.sub(r'[^a-zA-Z0-9_]', '_', key)}"] = value
+        groups.append({"targets": [f"{pod['ip']}:{pod['port']}"], "labels": meta})
+    job["static_configs"] = groups
+    return config

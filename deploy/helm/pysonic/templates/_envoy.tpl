@@ -64,7 +64,6 @@ static_resources:
     - name: pysonic_servers
       type: STRICT_DNS
       dns_lookup_family: V4_ONLY
-      dns_refresh_rate: 5s
       connect_timeout: 1s
       lb_policy: {{ $e.lbPolicy }}
       {{- if eq $e.lbPolicy "LEAST_REQUEST" }}
