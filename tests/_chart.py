@@ -28,11 +28,9 @@ def render(values: dict[str, Any] | None = None, *, release: str = RELEASE) -> l
 
     chart = helm.Chart.load(CHART)
     manifests = chart.render(values, name=release, namespace=NAMESPACE, is_install=True)
-    objects = []
+    objects: list[dict[str, Any]] = []
     for path in sorted(manifests):
-        for doc in yaml.safe_load_all(manifests[path]):
-            if doc:
-                objects.append(doc)
+        objects.extend(doc for doc in yaml.safe_load_all(manifests[path]) if doc)
     return objects
 
 
@@ -56,7 +54,7 @@ def lua_source(bootstrap: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------- CRD schemas
 def _strict(schema: Any) -> Any:
-    """A CRD's structural schema with unknown fields rejected (kubectl's strict field validation)."""
+    """A CRD's structural schema that rejects unknown fields (kubectl's strict validation)."""
     if isinstance(schema, dict):
         out = {k: _strict(v) for k, v in schema.items()}
         pattern = out.get("pattern")
@@ -132,9 +130,7 @@ def parse_envoy_bootstrap(config: dict[str, Any]) -> Any:
 
 
 # ---------------------------------------------------------------------------- Prometheus
-def pod_targets(
-    prometheus_yml: dict[str, Any], pods: list[dict[str, Any]]
-) -> dict[str, Any]:
+def pod_targets(prometheus_yml: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any]:
     """The chart's prometheus.yml with Kubernetes pod discovery replaced by the targets that it
     would discover for ``pods`` (``{"name", "ip", "port", "labels", "annotations"}``).
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import yaml
+
 from _chart import (
     CHART,
     NAMESPACE,
@@ -190,7 +191,8 @@ def test_server_deployment_defaults() -> None:
     assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert "nvidia.com/gpu" not in container["resources"]["limits"]
     assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "pysonic-models"
-    assert "nodeSelector" not in pod["spec"] and "tolerations" not in pod["spec"]
+    assert "nodeSelector" not in pod["spec"]
+    assert "tolerations" not in pod["spec"]
     # the drain outlives --drain-timeout
     assert pod["spec"]["terminationGracePeriodSeconds"] > 30
 
@@ -219,7 +221,10 @@ def test_server_args_match_pysonic_serve() -> None:
 
 @pytest.mark.parametrize(
     ("vendor", "resource", "selector"),
-    [("nvidia", "nvidia.com/gpu", {"nvidia.com/gpu.present": "true"}), ("amd", "amd.com/gpu", None)],
+    [
+        ("nvidia", "nvidia.com/gpu", {"nvidia.com/gpu.present": "true"}),
+        ("amd", "amd.com/gpu", None),
+    ],
 )
 def test_gpu_values(vendor: str, resource: str, selector: dict[str, str] | None) -> None:
     values = {"server": {"gpu": {"vendor": vendor, "count": 2}, "nodeSelector": {"site": "t2"}}}
@@ -252,7 +257,8 @@ def test_scaledobject_defaults() -> None:
     objects = render()
     scaled = find(objects, "ScaledObject")
     spec = scaled["spec"]
-    assert spec["scaleTargetRef"]["name"] == find(objects, "Deployment", "-server")["metadata"]["name"]
+    server = find(objects, "Deployment", "-server")
+    assert spec["scaleTargetRef"]["name"] == server["metadata"]["name"]
     assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (1, 10)
     assert (spec["pollingInterval"], spec["cooldownPeriod"]) == (30, 300)
     (trigger,) = spec["triggers"]
@@ -285,10 +291,9 @@ def test_scaledobject_values() -> None:
     assert meta["query"] == QUERY.format(sel='job="sonic",model="particlenet"', w="1m")
     custom = find(render({"autoscaling": {"query": "max(x)"}}), "ScaledObject")
     assert custom["spec"]["triggers"][0]["metadata"]["query"] == "max(x)"
-    assert not [o for o in render({"autoscaling": {"enabled": False}}) if o["kind"] == "ScaledObject"]
-    assert find(render({"autoscaling": {"enabled": False}}), "Deployment", "-server")["spec"][
-        "replicas"
-    ] == 1
+    fixed = render({"autoscaling": {"enabled": False}})
+    assert not [o for o in fixed if o["kind"] == "ScaledObject"]
+    assert find(fixed, "Deployment", "-server")["spec"]["replicas"] == 1
 
 
 # ---------------------------------------------------------------------------- load balancers
@@ -352,7 +357,9 @@ def test_envoy_values() -> None:
     hcm = bootstrap.static_resources.listeners[0].filter_chains[0].filters[0]
     assert b"envoy.filters.http.lua" not in bytes(hcm)
     assert b"retry_host_predicates" not in bytes(hcm)
-    https = render({"loadBalancer": {"envoy": {"admission": {"prometheusUrl": "https://p.example:9091"}}}})
+    https = render(
+        {"loadBalancer": {"envoy": {"admission": {"prometheusUrl": "https://p.example:9091"}}}}
+    )
     prometheus = parse_envoy_bootstrap(envoy_bootstrap(https)).static_resources.clusters[1]
     socket = prometheus.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
     assert (socket.socket_address.address, socket.socket_address.port_value) == ("p.example", 9091)
@@ -371,7 +378,9 @@ def test_haproxy_config() -> None:
     haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
     if haproxy is None:
         pytest.skip("haproxy is not installed (apt-get install haproxy): config not checked")
-    check = subprocess.run([haproxy, "-c", "-f", "/dev/stdin"], input=cfg, capture_output=True, text=True)
+    check = subprocess.run(
+        [haproxy, "-c", "-f", "/dev/stdin"], input=cfg, capture_output=True, text=True
+    )
     assert check.returncode == 0, check.stdout + check.stderr
 
 
@@ -435,4 +444,5 @@ def test_grafana_dashboard() -> None:
     ):
         assert metric in exprs
     assert len({p["id"] for p in dashboard["panels"]}) == len(dashboard["panels"])
-    assert {v["name"] for v in dashboard["templating"]["list"]} == {"datasource", "namespace", "model"}
+    variables = {v["name"] for v in dashboard["templating"]["list"]}
+    assert variables == {"datasource", "namespace", "model"}
