@@ -5,10 +5,12 @@ Rendering uses Helm's own library through helm-python-sdk (no helm binary, no cl
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib
 import re
 import warnings
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -98,19 +100,6 @@ _PROTO_FIELD = re.compile(r"[a-z][a-z0-9_]*")
 
 @cache
 def _bootstrap_class() -> type:
-    import betterproto2
-    from betterproto2 import casing
-
-    # betterproto2 snake-cases every key before looking it up, which turns proto field names
-    # with digits into names that do not exist ("consecutive_5xx" -> "consecutive_5_xx"): keys
-    # already in proto field-name form are looked up as they are (camelCase JSON names still
-    # go through the library's conversion).
-    original = betterproto2.safe_snake_case
-
-    def field_name(key: str) -> str:
-        return casing.sanitize_name(key) if _PROTO_FIELD.fullmatch(key) else original(key)
-
-    betterproto2.safe_snake_case = field_name
     with warnings.catch_warnings():
         # betterproto2's generated pydantic validators use a form pydantic 2.12 deprecates
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -121,10 +110,33 @@ def _bootstrap_class() -> type:
     return Bootstrap
 
 
+@contextlib.contextmanager
+def _proto_field_names() -> Iterator[None]:
+    """betterproto2 snake-cases every key before looking it up, which turns proto field names
+    with digits into names that do not exist ("consecutive_5xx" -> "consecutive_5_xx"): while
+    parsing, keys already in proto field-name form are looked up as they are (camelCase JSON
+    names still go through the library's conversion)."""
+    import betterproto2
+    from betterproto2 import casing
+
+    original = betterproto2.safe_snake_case
+
+    def field_name(key: str) -> str:
+        return casing.sanitize_name(key) if _PROTO_FIELD.fullmatch(key) else original(key)
+
+    betterproto2.safe_snake_case = field_name
+    try:
+        yield
+    finally:
+        betterproto2.safe_snake_case = original
+
+
 def parse_envoy_bootstrap(config: dict[str, Any]) -> Any:
     """Envoy's v3 Bootstrap message from ``config``; unknown fields, wrong enum values and
     unregistered typed_config types raise, as they would make Envoy refuse the file."""
-    bootstrap = _bootstrap_class().from_dict(config)
+    bootstrap_class = _bootstrap_class()
+    with _proto_field_names():
+        bootstrap = bootstrap_class.from_dict(config)
     bytes(bootstrap)  # serializes every field: wrong scalar types fail here
     return bootstrap
 
