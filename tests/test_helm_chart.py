@@ -39,46 +39,13 @@ jsonschema = pytest.importorskip("jsonschema")
 
 pytestmark = pytest.mark.timeout(120)
 
-ALL_MONITORING = {
-    "serviceMonitor": {"enabled": True},
-    "prometheusRule": {"enabled": True},
-    "prometheusConfig": {"enabled": True},
-}
-
-#: the value sets a site would use; each must render, lint and validate
+#: the value sets a site would start from (deploy/helm/pysonic/ci/<name>-values.yaml, the
+#: chart-testing convention) and the defaults; each must render, lint and validate
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {},
-    "nvidia-cvmfs": {
-        "server": {
-            "gpu": {"vendor": "nvidia", "count": 2},
-            "modelRepository": {"source": "cvmfs", "subPath": "sonic/models"},
-            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "sonic"}],
-        },
-        "metrics": ALL_MONITORING,
-    },
-    "amd-configmap": {
-        "server": {
-            "gpu": {"vendor": "amd"},
-            "modelRepository": {
-                "source": "configMap",
-                "configMap": {
-                    "name": "tiny-models",
-                    "items": [{"key": "dense-config", "path": "dense/config.pbtxt"}],
-                },
-            },
-        },
-    },
-    "haproxy": {
-        "loadBalancer": {"type": "haproxy", "service": {"type": "LoadBalancer"}},
-        "metrics": ALL_MONITORING,
-        "autoscaling": {"behavior": {"scaleDown": {"stabilizationWindowSeconds": 600}}},
-    },
-    "static": {
-        "loadBalancer": {"type": "none"},
-        "autoscaling": {"enabled": False},
-        "server": {"replicas": 3, "modelControlMode": "explicit", "loadModels": ["pn", "part"]},
-        "grafana": {"dashboard": {"enabled": False}},
-        "metrics": {"podAnnotations": False},
+    **{
+        path.name.removesuffix("-values.yaml"): yaml.safe_load(path.read_text())
+        for path in sorted((CHART / "ci").glob("*-values.yaml"))
     },
 }
 
@@ -104,6 +71,10 @@ def _validate_custom(obj: dict[str, Any]) -> None:
 
 
 # ---------------------------------------------------------------------------- chart-wide
+def test_example_values_are_there() -> None:
+    assert set(VALUE_SETS) == {"default", "nvidia-cvmfs", "amd-configmap", "haproxy", "static"}
+
+
 @pytest.mark.parametrize("name", list(VALUE_SETS))
 def test_chart_lints_clean(name: str) -> None:
     report = helm.lint(CHART, VALUE_SETS[name], strict=True, namespace=NAMESPACE)
