@@ -6,7 +6,11 @@
 {{- $hc := $lb.healthCheck -}}
 global
   log stdout format raw local0
-  maxconn 100000
+  {{- if $h.maxconn }}
+  maxconn {{ $h.maxconn }}
+  {{- else }}
+  # maxconn: derived from the container's file-descriptor limit
+  {{- end }}
 
 defaults
   mode http
@@ -41,6 +45,8 @@ frontend stats
 backend pysonic_servers
   balance leastconn
   option httpchk
+  # the servers' HTTP port speaks HTTP/1.1: without this the checks inherit "proto h2" and fail
+  http-check connect proto h1
   http-check send meth GET uri {{ $hc.path }}
   http-check expect status 200
   default-server check port {{ $s.ports.http }} inter {{ $hc.interval }} fall {{ $hc.unhealthyThreshold }} rise {{ $hc.healthyThreshold }} resolvers k8s init-addr none proto h2
