@@ -9,6 +9,7 @@ import contextlib
 import copy
 import importlib
 import re
+import socket
 import warnings
 from collections.abc import Iterator
 from functools import cache
@@ -166,3 +167,10 @@ def pod_targets(prometheus_yml: dict[str, Any], pods: list[dict[str, Any]]) -> d
         groups.append({"targets": [f"{pod['ip']}:{pod['port']}"], "labels": meta})
     job["static_configs"] = groups
     return config
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 now, for programs that cannot report the one they bound."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -17,7 +17,6 @@ import contextlib
 import json
 import logging
 import shutil
-import socket
 import subprocess
 import textwrap
 import threading
@@ -33,7 +32,16 @@ import numpy as np
 import pytest
 import yaml
 
-from _chart import NAMESPACE, RELEASE, envoy_bootstrap, find, lua_source, pod_targets, render
+from _chart import (
+    NAMESPACE,
+    RELEASE,
+    envoy_bootstrap,
+    find,
+    free_port,
+    lua_source,
+    pod_targets,
+    render,
+)
 from pysonic.server.process import ServerProcess
 
 pytest.importorskip("helm_python", reason="pip install 'pysonic[test]' (helm-python-sdk)")
@@ -67,12 +75,6 @@ output [{ name: "y" data_type: TYPE_FP32 dims: [4] }]
 dynamic_batching { max_queue_delay_microseconds: 1000 }
 instance_group [{ count: 1 kind: KIND_CPU }]
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Prometheus:
@@ -286,7 +288,7 @@ def _dashboard_queries(dashboard: dict[str, Any]) -> dict[str, str]:
 def test_queue_latency_query_rules_and_admission(
     servers: list[ServerProcess], tmp_path: Path
 ) -> None:
-    port = _free_port()
+    port = free_port()
     objects = render(_chart_values(f"http://127.0.0.1:{port}"))
     config = find(objects, "ConfigMap", "-prometheus")["data"]
     template = find(objects, "Deployment", "-server")["spec"]["template"]["metadata"]

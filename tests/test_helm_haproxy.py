@@ -13,7 +13,6 @@ import io
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from _chart import find, render
+from _chart import find, free_port, render
 from pysonic.server.process import ServerProcess
 
 pytest.importorskip("helm_python", reason="pip install 'pysonic[test]' (helm-python-sdk)")
@@ -34,12 +33,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 REPO = Path(__file__).resolve().parents[1] / "model_repository"
 MODEL = "identity_fp32"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _local_config(cfg: str, grpc_port: int, stats_port: int, servers: list[ServerProcess]) -> str:
@@ -129,7 +122,7 @@ def test_chart_haproxy_config_balances_and_survives_a_dead_server(
         pytest.skip("haproxy is not installed (apt-get install haproxy)")
     values = {"loadBalancer": {"type": "haproxy", "healthCheck": {"interval": "1s"}}}
     cfg = find(render(values), "ConfigMap", "-haproxy")
-    grpc_port, stats_port = _free_port(), _free_port()
+    grpc_port, stats_port = free_port(), free_port()
     path = tmp_path / "haproxy.cfg"
     path.write_text(_local_config(cfg["data"]["haproxy.cfg"], grpc_port, stats_port, servers))
     log = (tmp_path / "haproxy.log").open("w")
