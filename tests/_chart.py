@@ -33,6 +33,8 @@ def render(values: dict[str, Any] | None = None, *, release: str = RELEASE) -> l
     manifests = chart.render(values, name=release, namespace=NAMESPACE, is_install=True)
     objects: list[dict[str, Any]] = []
     for path in sorted(manifests):
+        if path.endswith("NOTES.txt"):  # printed by helm install, not a manifest
+            continue
         objects.extend(doc for doc in yaml.safe_load_all(manifests[path]) if doc)
     return objects
 

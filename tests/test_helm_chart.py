@@ -95,6 +95,8 @@ def test_values_schema_rejects_mistakes() -> None:
     ):
         with pytest.raises(helm.HelmValuesError):
             chart.render(bad, name=RELEASE, namespace=NAMESPACE)
+    with pytest.raises(helm.HelmRenderError, match="minReplicas"):
+        chart.render({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}})
     with pytest.raises(helm.HelmRenderError, match="claimName"):
         chart.render(
             {"server": {"modelRepository": {"pvc": {"claimName": ""}}}},
@@ -121,6 +123,13 @@ def test_every_object_validates(rendered: tuple[str, list[dict[str, Any]]]) -> N
         "haproxy": {"ServiceMonitor", "PrometheusRule", "ScaledObject"},
     }.get(name, set())
     assert expected <= kinds
+
+
+def test_install_notes_name_the_address() -> None:
+    chart = helm.Chart.load(CHART)
+    notes = chart.render(None, name=RELEASE, namespace=NAMESPACE)["pysonic/templates/NOTES.txt"]
+    assert f"{RELEASE}-pysonic-lb.{NAMESPACE}.svc:8001" in notes
+    assert "nv_inference_queue_duration_us" in notes
 
 
 def test_strict_validation_catches_a_typo() -> None:
