@@ -221,6 +221,7 @@ def test_model_repository_sources() -> None:
     cvmfs = _server_pod(render(VALUE_SETS["nvidia-cvmfs"]))
     assert cvmfs["volumes"][0]["hostPath"] == {"path": "/cvmfs/cms.cern.ch", "type": "Directory"}
     assert "--model-repository=/models/sonic/models" in cvmfs["containers"][0]["args"]
+    assert cvmfs["containers"][0]["volumeMounts"][0]["mountPropagation"] == "HostToContainer"
     configmap = _server_pod(render(VALUE_SETS["amd-configmap"]))
     assert configmap["volumes"][0]["configMap"]["name"] == "tiny-models"
     assert configmap["containers"][0]["volumeMounts"][0]["readOnly"] is True
