@@ -36,6 +36,14 @@ def _register_subcommands() -> None:
     app.add_typer(events.app, name="events")
     app.add_typer(workflow.app, name="workflow")
     _register_perf()
+    _register_cluster()
+
+
+def _register_cluster() -> None:
+    """Scale-out: ``cluster up|down|status`` and ``simulate``."""
+    from pysonic.cli import cluster
+
+    app.add_typer(cluster.app, name="cluster")
 
 
 def _register_perf() -> None:

@@ -29,6 +29,7 @@ __all__ = ["ServerProcess"]
 #: logged once every requested model is loaded and readiness is true
 _GRPC = re.compile(r"serving \d+ model\(s\): gRPC on 127\.0\.0\.1:(\d+)")
 _HTTP = re.compile(r", HTTP on 127\.0\.0\.1:(\d+)")
+_METRICS = re.compile(r", metrics on 127\.0\.0\.1:(\d+)")
 
 
 class ServerProcess:
@@ -42,6 +43,8 @@ class ServerProcess:
         extra_args: Sequence[str] = (),
         start_timeout: float = 120.0,
         env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        detach: bool = False,
     ) -> None:
         self.repository = Path(repository)
         self.models = list(models)
@@ -51,10 +54,17 @@ class ServerProcess:
         self.grpc_port: int | None = None
         #: set when ``extra_args`` ask for HTTP (``--http-port 0``)
         self.http_port: int | None = None
+        self.metrics_port: int | None = None
+        #: ``detach``: the server gets its own session, so it outlives the caller (``pysonic
+        #: cluster up`` returns while its servers run; ``down`` stops them by pid)
+        self.detach = detach
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
-            "w+", prefix="pysonic-serve-", suffix=".log", delete=False
-        )
+        if log_path is not None:
+            self._log = Path(log_path).open("w+")  # noqa: SIM115 - lives as long as the server
+        else:
+            self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
+                "w+", prefix="pysonic-serve-", suffix=".log", delete=False
+            )
 
     @property
     def grpc_url(self) -> str:
@@ -62,6 +72,14 @@ class ServerProcess:
             msg = "the server process is not running"
             raise RuntimeError(msg)
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self._log.name)
 
     def log_text(self) -> str:
         return Path(self._log.name).read_text()
@@ -78,7 +96,14 @@ class ServerProcess:
                 cmd += ["--load-model", m]
         cmd += self.extra_args
         env = {**os.environ, **(self.env or {}), "COLUMNS": "250"}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, env=env)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            env=env,
+            start_new_session=self.detach,
+        )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             text = self.log_text()
@@ -87,6 +112,8 @@ class ServerProcess:
                 self.grpc_port = int(port.group(1))
                 http = _HTTP.search(text, port.end())
                 self.http_port = int(http.group(1)) if http else None
+                metrics = _METRICS.search(text, port.end())
+                self.metrics_port = int(metrics.group(1)) if metrics else None
                 return self
             if self.proc.poll() is not None:
                 break
@@ -106,7 +133,7 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self.grpc_port = self.http_port = None
+        self.grpc_port = self.http_port = self.metrics_port = None
         return self.proc.returncode
 
     def __enter__(self) -> ServerProcess:
