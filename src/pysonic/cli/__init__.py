@@ -41,9 +41,10 @@ def _register_subcommands() -> None:
 
 def _register_cluster() -> None:
     """Scale-out: ``cluster up|down|status`` and ``simulate``."""
-    from pysonic.cli import cluster
+    from pysonic.cli import cluster, simulate
 
     app.add_typer(cluster.app, name="cluster")
+    app.command(name="simulate")(simulate.simulate)
 
 
 def _register_perf() -> None:
