@@ -337,6 +337,9 @@ class _Sim:
             self.add_server(0.0, 0.0)
         a = sc.arrivals
         for j in range(a.jobs):
+            if a.times:
+                self.push(a.times[j], JOB, j)
+                continue
             t0 = (j // a.batch) * a.interval_s
             self.push(t0 + (self.rng.uniform(0, a.spread_s) if a.spread_s else 0.0), JOB, j)
         if sc.keda.enabled:

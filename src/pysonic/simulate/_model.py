@@ -172,6 +172,8 @@ class Arrivals:
     batch: int = 50
     interval_s: float = 600.0
     spread_s: float = 0.0
+    #: explicit start times (e.g. those observed in a real run); replace the batch schedule
+    times: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
