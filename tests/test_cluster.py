@@ -8,6 +8,8 @@ import os
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ from pysonic.client import (
     build_transport,
 )
 from pysonic.cluster import LocalCluster, backend_stats, haproxy_binary
-from pysonic.cluster._cluster import pid_alive
+from pysonic.cluster._cluster import pid_alive, prometheus_binary
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -226,3 +228,30 @@ def test_load_balancer_and_client_both_avoid_a_saturated_server(cluster3: LocalC
     assert lb[0] / sum(lb) < 0.25, lb
     assert own[0] < min(own[1:]), own
     assert own[0] / sum(own) < 0.25, own
+
+
+@pytest.mark.skipif(
+    prometheus_binary() is None, reason="prometheus is not installed (apt-get install prometheus)"
+)
+def test_prometheus_scrapes_every_server_and_haproxy(echo_repo: Path) -> None:
+    with LocalCluster(
+        echo_repo, servers=2, models=["echo"], prometheus=True, scrape_interval_s=1.0
+    ) as cluster:
+        state = cluster.state
+        assert state is not None
+        assert state.prometheus_port is not None
+        asyncio.run(_calls(cluster.site(), range(20), concurrency=2))
+        api = f"http://127.0.0.1:{state.prometheus_port}/api/v1"
+        deadline = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(f"{api}/targets", timeout=5) as r:
+                targets = json.load(r)["data"]["activeTargets"]
+            health = sorted((t["labels"]["job"], t["health"]) for t in targets)
+            if (health and all(h == "up" for _, h in health)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)  # polling Prometheus's first scrapes, bounded by the deadline
+        assert health == [("haproxy", "up"), ("pysonic", "up"), ("pysonic", "up")]
+        query = urllib.parse.quote("count(nv_inference_request_success)")
+        with urllib.request.urlopen(f"{api}/query?query={query}", timeout=5) as r:
+            result = json.load(r)["data"]["result"]
+        assert int(result[0]["value"][1]) == 2  # one series per server

@@ -160,6 +160,7 @@ class LocalCluster:
         server_args: Sequence[str] = (),
         haproxy: HAProxySettings | None = None,
         start_timeout: float = 120.0,
+        scrape_interval_s: float = 5.0,
     ) -> None:
         if servers < 1:
             msg = "a cluster needs at least one server"
@@ -174,6 +175,7 @@ class LocalCluster:
         self.server_args = list(server_args)
         self.haproxy_settings = haproxy
         self.start_timeout = start_timeout
+        self.scrape_interval_s = scrape_interval_s
         self.state: ClusterState | None = None
         #: this process's handles on what it started (reaped and closed by ``down``)
         self._servers: list[ServerProcess] = []
@@ -300,7 +302,7 @@ class LocalCluster:
         assert binary is not None
         port = free_port()
         cfg = state_dir / "prometheus.yml"
-        cfg.write_text(render_prometheus_config(state))
+        cfg.write_text(render_prometheus_config(state, self.scrape_interval_s))
         with (state_dir / "prometheus.log").open("w") as log:
             proc = subprocess.Popen(
                 [
