@@ -242,7 +242,7 @@ def seed002(server: ServerProfile | None = None) -> Scenario:
     """The Google Cloud scale test (seed 002): 10,000 CPU jobs and 100 T4 GPUs, no autoscaling."""
     return Scenario(
         server=server or t4_tagger(),
-        job=JobProfile(events=50, cpu_s=3.0, cpu_cv=0.3, streams=1, requests_per_event=1),
+        job=JobProfile(events=50, cpu_s=6.0, cpu_cv=0.3, streams=1, requests_per_event=1),
         arrivals=Arrivals(jobs=10_000, batch=10_000, interval_s=1.0, spread_s=120.0),
         keda=KedaPolicy(enabled=False, min_replicas=100, max_replicas=100),
         initial_servers=100,
