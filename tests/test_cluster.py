@@ -26,7 +26,8 @@ from pysonic.client import (
     build_transport,
 )
 from pysonic.cluster import LocalCluster, backend_stats, haproxy_binary
-from pysonic.cluster._cluster import pid_alive, prometheus_binary
+from pysonic.cluster._cluster import prometheus_binary
+from pysonic.cluster._state import pid_alive
 
 pytestmark = [
     pytest.mark.timeout(180),

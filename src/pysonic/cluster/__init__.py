@@ -8,18 +8,17 @@ Example::
 
 from __future__ import annotations
 
-from pysonic.cluster._cluster import (
+from pysonic.cluster._cluster import LocalCluster, haproxy_binary
+from pysonic.cluster._haproxy import Backend, HAProxySettings, backend_stats, render_config
+from pysonic.cluster._state import (
     ClusterError,
     ClusterState,
-    LocalCluster,
     ServerRecord,
     cluster_status,
-    haproxy_binary,
     load_state,
     site_toml,
     stop_cluster,
 )
-from pysonic.cluster._haproxy import Backend, HAProxySettings, backend_stats, render_config
 
 __all__ = [
     "Backend",
