@@ -156,7 +156,12 @@ def test_sigkill_under_load_loses_and_duplicates_nothing(echo_repo: Path) -> Non
             _calls(cluster.site(), range(n), concurrency=16, kill=(1.0, cluster, 1))
         )
         assert cluster.state is not None
-        stats = {r["svname"]: r for r in backend_stats(cluster.state.stats_url)}
+        deadline = time.monotonic() + 10  # health checks: fall 2 x 500 ms
+        while True:
+            stats = {r["svname"]: r for r in backend_stats(cluster.state.stats_url)}
+            if stats["s1"]["status"].startswith("DOWN") or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)  # polling HAProxy's view, bounded by the deadline
     # every call returned its own id exactly once (the identity echo is the request id)
     assert len(echoed) == n
     counts = Counter(echoed)

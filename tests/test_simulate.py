@@ -51,6 +51,8 @@ def test_profile_curve_and_batch_model() -> None:
     assert ServerProfile.from_perf(report).points == ((1.0, 50.0), (2.0, 90.0))
     with pytest.raises(ValueError, match="sorted"):
         ServerProfile(((2, 1.0), (1, 1.0)))
+    with pytest.raises(ValueError, match="min_replicas"):
+        KedaPolicy(min_replicas=0)
 
 
 @pytest.mark.parametrize("balancing", ["least_request", "round_robin", "per_job"])

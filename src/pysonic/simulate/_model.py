@@ -194,6 +194,14 @@ class KedaPolicy:
     #: HPA ``behavior.scaleDown.policies`` Pods limit per poll (0: HPA's default, no limit)
     scale_down_pods_per_poll: int = 0
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            msg = "need 1 <= min_replicas <= max_replicas (scale to zero is not modelled)"
+            raise ValueError(msg)
+        if self.threshold_ms <= 0 or self.polling_s <= 0 or self.window_s <= 0:
+            msg = "threshold_ms, polling_s and window_s must be positive"
+            raise ValueError(msg)
+
 
 @dataclass(frozen=True)
 class Scenario:
