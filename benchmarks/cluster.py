@@ -45,7 +45,7 @@ def _cpu_s(pid: int) -> float:
 
 def _perf(url: str, concurrency: int, quick: bool) -> dict[str, Any]:
     settings = ProfileSettings(
-        window_ms=1000 if quick else 3000, max_trials=3 if quick else 6, stability_pct=15
+        window_ms=800 if quick else 3000, max_trials=3 if quick else 6, stability_pct=15
     )
     options = PerfOptions(
         model=MODEL, url=url, levels=[LoadLevel(concurrency=concurrency)], settings=settings
@@ -126,7 +126,7 @@ class Namespace:
 def _jobs(prefix: list[str], url: str, events: int) -> dict[str, float]:
     """One sync and one async job at the same time; events/s of each."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{os.environ.get('PYTHONPATH', '')}"}
-    start_at = time.time() + 4.0
+    start_at = time.time() + 3.0
     procs = {
         mode: subprocess.Popen(
             [
@@ -172,7 +172,7 @@ def _jobs(prefix: list[str], url: str, events: int) -> dict[str, float]:
 
 def latency(quick: bool) -> tuple[list[dict[str, Any]], str]:
     rows: list[dict[str, Any]] = []
-    events = 40 if quick else 150
+    events = 25 if quick else 150
     repo = ROOT / "model_repository"
     with (
         LocalCluster(repo, servers=2, models=[MODEL], prometheus=False) as cluster,

@@ -158,10 +158,11 @@ def run(args: argparse.Namespace) -> list[dict[str, object]]:
             for load in loads:
                 jobs, streams = 6, 4
                 duration = 4.0 if args.quick else 10.0
-                # per stream: load * capacity / (jobs * streams) events/s without server time
+                # per stream: load * capacity / (jobs * streams) events/s without server time;
+                # a job lasts about `duration` at that rate
                 rate = load * capacity / (jobs * streams)
                 job = JobProfile(
-                    events=max(5, round(rate * duration)), cpu_s=1 / rate, cpu_cv=0.3,
+                    events=max(5, round(rate * duration * streams)), cpu_s=1 / rate, cpu_cv=0.3,
                     streams=streams,
                 )  # fmt: skip
                 arrivals = Arrivals(jobs=jobs, batch=3, interval_s=duration / 2)
