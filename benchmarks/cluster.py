@@ -207,11 +207,15 @@ def main() -> None:
                 "HAProxy CPU us/req"):  # fmt: skip
         table.add_column(col, justify="right")
     for r in scale:
-        r["efficiency_per_server"] = r["requests_per_s"] / (r["servers"] * base["requests_per_s"])
+        r["efficiency_per_server"] = (
+            r["requests_per_s"] / (r["servers"] * base["requests_per_s"])
+            if r["path"] == "haproxy" and r["concurrency"] == 16
+            else None
+        )
         cpu = r["haproxy_cpu_us_per_request"]
         table.add_row(
             str(r["servers"]), r["path"], str(r["concurrency"]), f"{r['requests_per_s']:.0f}",
-            f"{r['efficiency_per_server']:.2f}" if r["path"] == "haproxy" else "-",
+            f"{r['efficiency_per_server']:.2f}" if r["efficiency_per_server"] else "-",
             f"{r['p50_latency_us'] / 1000:.2f}", f"{cpu:.0f}" if cpu is not None else "-",
         )  # fmt: skip
     console.print(table)
