@@ -36,6 +36,15 @@ def _register_subcommands() -> None:
     app.add_typer(events.app, name="events")
     app.add_typer(workflow.app, name="workflow")
     _register_perf()
+    _register_cluster()
+
+
+def _register_cluster() -> None:
+    """Scale-out: ``cluster up|down|status`` and ``simulate``."""
+    from pysonic.cli import cluster, simulate
+
+    app.add_typer(cluster.app, name="cluster")
+    app.command(name="simulate")(simulate.simulate)
 
 
 def _register_perf() -> None:

@@ -43,6 +43,8 @@ class ServerProcess:
         extra_args: Sequence[str] = (),
         start_timeout: float = 120.0,
         env: dict[str, str] | None = None,
+        log_path: Path | None = None,
+        detach: bool = False,
     ) -> None:
         self.repository = Path(repository)
         self.models = list(models)
@@ -54,10 +56,16 @@ class ServerProcess:
         self.http_port: int | None = None
         #: the Prometheus /metrics port (free, chosen by the server; None with --no-allow-metrics)
         self.metrics_port: int | None = None
+        #: ``detach``: the server gets its own session, so it outlives the caller (``pysonic
+        #: cluster up`` returns while its servers run; ``down`` stops them by pid)
+        self.detach = detach
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
-            "w+", prefix="pysonic-serve-", suffix=".log", delete=False
-        )
+        if log_path is not None:
+            self._log = Path(log_path).open("w+")  # noqa: SIM115 - lives as long as the server
+        else:
+            self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the server
+                "w+", prefix="pysonic-serve-", suffix=".log", delete=False
+            )
 
     @property
     def grpc_url(self) -> str:
@@ -65,6 +73,14 @@ class ServerProcess:
             msg = "the server process is not running"
             raise RuntimeError(msg)
         return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self._log.name)
 
     def log_text(self) -> str:
         return Path(self._log.name).read_text()
@@ -81,7 +97,14 @@ class ServerProcess:
                 cmd += ["--load-model", m]
         cmd += self.extra_args
         env = {**os.environ, **(self.env or {}), "COLUMNS": "250"}
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self._log, env=env)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            env=env,
+            start_new_session=self.detach,
+        )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             text = self.log_text()
