@@ -267,3 +267,15 @@ def test_json_uint64_past_int64_found_by_hypothesis() -> None:
         header["inputs"][0]["data"] = bad
         with pytest.raises(InvalidArgumentError, match=message):
             http_codec.decode_infer_request(json.dumps(header).encode(), None, "m")
+
+
+@pytest.mark.parametrize("dt", ["FP16", "BF16", "FP32"])
+def test_json_floats_too_large_are_refused_found_by_fuzzing(dt: str) -> None:
+    """Found by the HTTP fuzz harness: a finite JSON number past FP16 / FP32 / BF16's range was
+    cast to inf (with a numpy RuntimeWarning) instead of being refused."""
+    header = {"inputs": [{"name": "t", "datatype": dt, "shape": [2], "data": [1e300, 1.0]}]}
+    with pytest.raises(InvalidArgumentError, match=f"outside {dt}'s range"):
+        http_codec.decode_infer_request(json.dumps(header).encode(), None, "m")
+    header["inputs"][0]["data"] = [float("inf"), -1.5]  # json's Infinity stays accepted
+    got = http_codec.decode_infer_request(json.dumps(header).encode(), None, "m").inputs[0].data
+    assert np.isinf(got[0].astype(np.float32))

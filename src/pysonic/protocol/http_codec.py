@@ -219,7 +219,13 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> n
             if values.min() < info.min or values.max() > info.max:
                 msg = f"input '{name}': 'data' has values outside {datatype}'s range"
                 raise InvalidArgumentError(msg)
-        arr = values.astype(dtype, copy=False)
+        with np.errstate(over="ignore"):
+            arr = values.astype(dtype, copy=False)
+        # a finite number too large for FP16 / FP32 / BF16 would silently become inf
+        overflow = dtype.kind in "fV" and values.dtype.kind == "f" and arr.size
+        if overflow and not np.array_equal(np.isfinite(arr), np.isfinite(values)):
+            msg = f"input '{name}': 'data' has values outside {datatype}'s range"
+            raise InvalidArgumentError(msg)
     if arr.size != count:
         msg = (
             f"input '{name}': 'data' holds {arr.size} elements, expected {count} "
@@ -251,10 +257,14 @@ def _python_numbers(name: str, datatype: str, data: list, dtype: np.dtype) -> np
             msg = f"{where}: 'data' has values outside {datatype}'s range"
             raise InvalidArgumentError(msg)
     try:
-        return items.astype(dtype)
+        with np.errstate(over="ignore"):
+            out = items.astype(dtype)
     except (OverflowError, ValueError, TypeError):
+        out = None
+    if out is None or (dtype.kind in "fV" and out.size and not np.isfinite(out).all()):
         msg = f"{where}: 'data' has values outside {datatype}'s range"
-        raise InvalidArgumentError(msg) from None
+        raise InvalidArgumentError(msg)
+    return out
 
 
 def _kind_name(values: np.ndarray) -> str:
