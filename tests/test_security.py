@@ -617,6 +617,16 @@ def test_policy_rules_and_file_errors(tmp_path: Path, pki: Pki) -> None:
     finally:
         del os.environ["PYSONIC_TEST_TOKEN"]
     assert env_policy.authenticate("bearer from-the-environment").subject == "env"
+    # a verified JWT is remembered, but only until it expires
+    short = make_jwt(JWT_SECRET, exp=time.time() + 1.0)
+    assert policy.authenticate(f"Bearer {short}").via == "jwt"
+    assert policy.authenticate(f"Bearer {short}").subject == "batch-job"
+    deadline = time.monotonic() + 5
+    while time.time() < jwt.decode(short, options={"verify_signature": False})["exp"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with pytest.raises(UnauthenticatedError, match="expired"):
+        policy.authenticate(f"Bearer {short}")
     assert hashlib.sha256(b"x").hexdigest() == token_digest("x")
 
 
@@ -656,3 +666,34 @@ def test_grpc_errors_map_to_pysonic_errors() -> None:
     assert isinstance(
         from_grpc_status(grpc.StatusCode.PERMISSION_DENIED, "x"), PermissionDeniedError
     )
+
+
+def test_serve_command_line_tls_and_shm_prefix(repo: Path, pki: Pki) -> None:
+    """``pysonic serve --tls-cert/--tls-key/--tls-client-ca --shm-allowed-prefix``."""
+    args = [
+        "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+        "--tls-client-ca", str(pki.ca), "--shm-allowed-prefix", "sonic_",
+    ]  # fmt: skip
+    with ServerProcess(repo, models=["dense"], extra_args=args) as server:
+        assert "TLS mutual" in server.log_text()
+        plain = grpcclient.InferenceServerClient(server.grpc_url)
+        with pytest.raises(InferenceServerException):
+            plain.is_server_live(client_timeout=5)
+        plain.close()
+        client = grpcclient.InferenceServerClient(
+            server.grpc_url,
+            ssl=True,
+            root_certificates=str(pki.ca),
+            private_key=str(pki.client_key),
+            certificate_chain=str(pki.client_cert),
+        )
+        assert grpc_infer(client).as_numpy("probs").shape == (2, 4)
+        key = f"/elsewhere_{os.getpid()}"
+        handle = shm.create_shared_memory_region("r", key, 64)
+        try:
+            with pytest.raises(InferenceServerException) as err:
+                client.register_system_shared_memory("r", key, 64)
+            assert "PERMISSION_DENIED" in grpc_status(err.value)
+        finally:
+            shm.destroy_shared_memory_region(handle)
+            client.close()
