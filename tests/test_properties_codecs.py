@@ -25,9 +25,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from tritonclient.grpc import service_pb2
 
-from pysonic.errors import InvalidArgumentError
+from pysonic.errors import InvalidArgumentError, PysonicError
 from pysonic.protocol import grpc_codec, http_codec
 from pysonic.protocol.datatypes import deserialize_bytes, serialize_bytes, to_numpy_dtype
+from pysonic.protocol.shm import SharedMemoryRegistry
 from pysonic.protocol.types import InferRequest, InferResponse, InferTensor, RequestedOutput
 
 FIXED = ["BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -279,3 +280,93 @@ def test_json_floats_too_large_are_refused_found_by_fuzzing(dt: str) -> None:
     header["inputs"][0]["data"] = [float("inf"), -1.5]  # json's Infinity stays accepted
     got = http_codec.decode_infer_request(json.dumps(header).encode(), None, "m").inputs[0].data
     assert np.isinf(got[0].astype(np.float32))
+
+
+# ---------------------------------------------------------------------- malformed requests
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**65), 2**65) | st.floats() | st.text(max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+PARAMS = ["binary_data_size", "binary_data", "shared_memory_region", "shared_memory_byte_size",
+          "shared_memory_offset", "classification", "binary_data_output"]  # fmt: skip
+parameters = st.dictionaries(st.sampled_from(PARAMS), st.integers(-3, 70) | json_values, max_size=3)
+tensor_json = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["x", "y"]) | json_values,
+        "datatype": st.sampled_from([*ALL, "FP8", ""]) | json_values,
+        "shape": st.lists(st.integers(-1, 4), max_size=3) | json_values,
+    },
+    optional={"data": json_values, "parameters": parameters},
+)
+request_json = st.fixed_dictionaries(
+    {"inputs": st.lists(tensor_json, max_size=3) | json_values},
+    optional={
+        "outputs": st.lists(
+            st.fixed_dictionaries(
+                {"name": st.text(max_size=2)}, optional={"parameters": parameters}
+            ),
+            max_size=2,
+        )
+        | json_values,
+        "id": json_values,
+        "parameters": parameters,
+    },
+)
+
+
+@given(request_json, st.binary(max_size=80), st.none() | st.integers(-5, 400))
+def test_any_http_request_decodes_or_is_a_clear_error(
+    header: dict, tail: bytes, header_length: int | None
+) -> None:
+    """Structured fuzzing of the JSON header: nothing but InvalidArgumentError (or another
+    PysonicError) ever comes out, and what decodes matches its declared shapes."""
+    head = json.dumps(header).encode()
+    body = head + tail
+    length = len(head) if header_length is None and tail else header_length
+    registry = SharedMemoryRegistry(allowed_key_prefixes=["nothing_"])
+    try:
+        req = http_codec.decode_infer_request(body, length, "m", shared_memory=registry)
+    except PysonicError:
+        return
+    for t in req.inputs:
+        assert t.data.shape == t.shape
+
+
+@given(st.data())
+def test_any_grpc_request_decodes_or_is_a_clear_error(data: st.DataObject) -> None:
+    msg = service_pb2.ModelInferRequest(model_name="m")
+    for _ in range(data.draw(st.integers(0, 3))):
+        t = msg.inputs.add(
+            name=data.draw(st.sampled_from(["x", "y", ""])),
+            datatype=data.draw(st.sampled_from([*ALL, "FP8", ""])),
+            shape=data.draw(st.lists(st.integers(-2, 5), max_size=3)),
+        )
+        for key in data.draw(st.lists(st.sampled_from(PARAMS), max_size=2, unique=True)):
+            value = data.draw(st.integers(-3, 70) | st.text(max_size=3) | st.booleans())
+            p = t.parameters[key]
+            if isinstance(value, bool):
+                p.bool_param = value
+            elif isinstance(value, int):
+                p.int64_param = value
+            else:
+                p.string_param = value
+        if data.draw(st.booleans()):
+            field = data.draw(st.sampled_from(sorted(set(grpc_codec._CONTENT_FIELD.values()))))
+            values = data.draw(st.lists(st.integers(0, 100), max_size=6))
+            if field == "bytes_contents":
+                getattr(t.contents, field).extend(bytes([v]) for v in values)
+            elif field == "bool_contents":
+                getattr(t.contents, field).extend(bool(v % 2) for v in values)
+            else:
+                getattr(t.contents, field).extend(values)
+    msg.raw_input_contents.extend(data.draw(st.lists(st.binary(max_size=40), max_size=3)))
+    registry = SharedMemoryRegistry(allowed_key_prefixes=["nothing_"])
+    try:
+        req = grpc_codec.decode_infer_request(msg, registry)
+    except PysonicError:
+        return
+    for t in req.inputs:
+        assert t.data.shape == t.shape
