@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = "identity_fp32"
 TOKEN = "benchmark-static-token-0123456789"
 SECRET = "benchmark-hs256-secret-0123456789abcdef0123456789abcdef0123456789"
-console = Console()
+console = Console(width=120)
 
 
 def cpu_seconds(pid: int) -> float:
