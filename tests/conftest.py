@@ -6,6 +6,7 @@ to them with NVIDIA's tritonclient (sync and asyncio), exactly as external clien
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -14,10 +15,18 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from hypothesis import settings
 from onnx import TensorProto, helper, numpy_helper
 
 from pysonic.backends import BUILTIN_BACKENDS, Backend
 from pysonic.server import EmbeddedServer, ServerOptions
+
+# Property-based tests: modest example counts by default (CI time on 2 cores), no per-example
+# deadline (a loaded CI machine is slow, not wrong); PYSONIC_HYPOTHESIS_PROFILE=thorough for a
+# long local run.
+settings.register_profile("ci", max_examples=60, deadline=None, print_blob=True)
+settings.register_profile("thorough", max_examples=2000, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("PYSONIC_HYPOTHESIS_PROFILE", "ci"))
 
 OPSET = 17
 

@@ -74,7 +74,7 @@ def test_json_bytes_are_utf8() -> None:
         ("BOOL", [1, 0], "not BOOL values"),
         ("INT32", [True, False], "booleans, not INT32"),
         ("UINT8", [-1, 0], "outside UINT8's range"),
-        ("INT64", [2**64, 0], "other values"),
+        ("INT64", [2**64, 0], "outside INT64's range"),
     ],
 )
 def test_json_kinds_checked(datatype: str, data: list, fragment: str) -> None:

@@ -31,6 +31,7 @@ from pysonic.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
 )
 from pysonic.protocol.shm import (
@@ -434,7 +435,7 @@ def test_unregister_unmaps_and_closes_in_the_server_process(tmp_path: Path) -> N
 # ---------------------------------------------------------------- the registry, transport-free
 def test_registry_functions_for_any_transport(tmp_path: Path) -> None:
     registry = SharedMemoryRegistry(max_total_bytes=8192, allowed_key_prefixes=["sonic_"])
-    with pytest.raises(InvalidArgumentError, match="not allowed"):
+    with pytest.raises(PermissionDeniedError, match="not allowed"):
         registry.register("r", "/other_thing", 0, 16)
     key = "/sonic_" + _key("reg").lstrip("/")
     handle = shm.create_shared_memory_region("r", key, 8192)

@@ -27,6 +27,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "dask_awkward": ("dask-awkward arrays", "analysis"),
     "torch": ("exporting or training models", "torch"),
     "pythia8mc": ("generating events", "events"),
+    "jwt": ("verifying JWT bearer tokens", "auth"),
+    "yaml": ("reading a YAML auth policy", "auth"),
 }
 
 

@@ -16,6 +16,8 @@ or an HTTP status through :data:`STATUS_TABLE`, in exactly one place (:func:`grp
     ├── AlreadyExistsError             ALREADY_EXISTS
     ├── FailedPreconditionError        FAILED_PRECONDITION
     ├── CancelledError                 CANCELLED
+    ├── UnauthenticatedError           UNAUTHENTICATED    (no or bad credentials)
+    ├── PermissionDeniedError          PERMISSION_DENIED  (authenticated, not allowed)
     └── InternalError                  INTERNAL           (backend crashed, bug)
 
 Retryable errors (UNAVAILABLE, RESOURCE_EXHAUSTED) share the :class:`RetryableError` mixin, so a
@@ -46,9 +48,11 @@ __all__ = [
     "InvalidArgumentError",
     "ModelConfigError",
     "NotFoundError",
+    "PermissionDeniedError",
     "PysonicError",
     "ResourceExhaustedError",
     "RetryableError",
+    "UnauthenticatedError",
     "UnavailableError",
     "UnimplementedError",
     "from_grpc_status",
@@ -68,6 +72,8 @@ class ErrorCode(enum.Enum):
     FAILED_PRECONDITION = "FAILED_PRECONDITION"
     CANCELLED = "CANCELLED"
     INTERNAL = "INTERNAL"
+    UNAUTHENTICATED = "UNAUTHENTICATED"
+    PERMISSION_DENIED = "PERMISSION_DENIED"
 
 
 #: The one table from transport-neutral code to (gRPC status, HTTP status).
@@ -82,6 +88,8 @@ STATUS_TABLE: dict[ErrorCode, tuple[grpc.StatusCode, int]] = {
     ErrorCode.FAILED_PRECONDITION: (grpc.StatusCode.FAILED_PRECONDITION, 400),
     ErrorCode.CANCELLED: (grpc.StatusCode.CANCELLED, 499),
     ErrorCode.INTERNAL: (grpc.StatusCode.INTERNAL, 500),
+    ErrorCode.UNAUTHENTICATED: (grpc.StatusCode.UNAUTHENTICATED, 401),
+    ErrorCode.PERMISSION_DENIED: (grpc.StatusCode.PERMISSION_DENIED, 403),
 }
 
 
@@ -145,6 +153,18 @@ class InternalError(PysonicError):
     code = ErrorCode.INTERNAL
 
 
+class UnauthenticatedError(PysonicError):
+    """No credentials, or credentials the server cannot verify (401 / UNAUTHENTICATED)."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(PysonicError):
+    """The caller is known but not allowed to do this (403 / PERMISSION_DENIED)."""
+
+    code = ErrorCode.PERMISSION_DENIED
+
+
 _CLASS_BY_CODE: dict[ErrorCode, type[PysonicError]] = {
     ErrorCode.INVALID_ARGUMENT: InvalidArgumentError,
     ErrorCode.NOT_FOUND: NotFoundError,
@@ -156,6 +176,8 @@ _CLASS_BY_CODE: dict[ErrorCode, type[PysonicError]] = {
     ErrorCode.FAILED_PRECONDITION: FailedPreconditionError,
     ErrorCode.CANCELLED: CancelledError,
     ErrorCode.INTERNAL: InternalError,
+    ErrorCode.UNAUTHENTICATED: UnauthenticatedError,
+    ErrorCode.PERMISSION_DENIED: PermissionDeniedError,
 }
 _CODE_BY_GRPC = {grpc_code: code for code, (grpc_code, _) in STATUS_TABLE.items()}
 

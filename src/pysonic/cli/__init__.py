@@ -132,6 +132,28 @@ def serve(
     shared_memory_max_bytes: Annotated[
         int, typer.Option(help="Cap on the bytes all registered shared-memory regions map.")
     ] = 64 << 30,
+    shm_allowed_prefix: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only shared-memory keys starting with this prefix may be registered "
+            "(repeatable; default: any key)."
+        ),
+    ] = None,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="TLS certificate chain (PEM) for gRPC and HTTPS.")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="TLS private key (PEM).")] = None,
+    tls_client_ca: Annotated[
+        Path | None,
+        typer.Option(help="CA (PEM) that signs client certificates: require mutual TLS."),
+    ] = None,
+    auth_policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="Bearer-token auth policy (YAML or JSON): tokens, JWT keys, per-model rules "
+            "(docs/security.md). Tokens are never taken on the command line."
+        ),
+    ] = None,
     log_verbose: Annotated[int, typer.Option(help="Verbose logging level (0 = info).")] = 0,
     event_loop: Annotated[
         str, typer.Option(help="auto (uvloop when installed) | asyncio | uvloop")
@@ -167,6 +189,11 @@ def serve(
         drain_timeout=drain_timeout,
         repository_poll_secs=repository_poll_secs,
         shared_memory_max_bytes=shared_memory_max_bytes,
+        shared_memory_key_prefixes=list(shm_allowed_prefix) if shm_allowed_prefix else None,
+        tls_cert_file=tls_cert,
+        tls_key_file=tls_key,
+        tls_client_ca_file=tls_client_ca,
+        auth_policy=auth_policy,
     )
     try:
         run(Server(options).serve(), loop=event_loop)

@@ -18,8 +18,12 @@ Example file::
     name = "gpu-1"
     address = "gpu-1.example.org"
     port = 8001
-    token = "..."          # optional bearer token
-    tls = { ca_file = "/etc/grid-security/ca.pem" }   # optional
+    token_file = "/run/secrets/sonic-token"   # optional bearer token (or token = "...")
+    tls = { ca_file = "/etc/grid-security/ca.pem" }   # optional (cert_file, key_file, server_name)
+
+Top-level ``token_file`` / ``token`` and ``tls`` apply to every server that sets none of its own,
+including the servers named by the environment; ``PYSONIC_TOKEN_FILE`` names a token file for
+them too (a token never needs to be in the environment or on a command line).
 
 Example::
 
@@ -55,7 +59,8 @@ class ServerEntry:
     port: int = 8001
     name: str = ""
     tls: TLSConfig | None = None
-    token: str | None = None
+    #: bearer token sent as ``authorization: Bearer ...`` (never shown in ``repr``)
+    token: str | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -83,6 +88,9 @@ class SiteConfig:
     probe_interval_s: float = 10.0
     eject_base_s: float = 1.0
     eject_max_s: float = 30.0
+    #: defaults for servers that set none of their own (the environment's servers too)
+    tls: TLSConfig | None = None
+    token: str | None = field(default=None, repr=False)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -92,22 +100,35 @@ class SiteConfig:
             if "address" not in s:
                 msg = f"{source}: servers[{i}] has no address"
                 raise InvalidArgumentError(msg)
-            tls = TLSConfig(**s["tls"]) if isinstance(s.get("tls"), Mapping) else None
             servers.append(
                 ServerEntry(
                     address=str(s["address"]),
                     port=int(s.get("port", 8001)),
                     name=str(s.get("name", "")),
-                    tls=tls,
-                    token=s.get("token"),
+                    tls=_tls(s.get("tls"), f"{source}: servers[{i}].tls"),
+                    token=_token(s, f"{source}: servers[{i}]"),
                 )
             )
-        known = {f for f in cls.__dataclass_fields__ if f not in ("servers", "extra")}
+        special = ("servers", "extra", "tls", "token")
+        known = {f for f in cls.__dataclass_fields__ if f not in special}
         options = {k: v for k, v in data.items() if k in known}
+        options["tls"] = _tls(data.get("tls"), f"{source}: tls")
+        options["token"] = _token(data, source)
         if options.get("fallback_model_repository") is not None:
             options["fallback_model_repository"] = Path(options["fallback_model_repository"])
-        extra = {k: v for k, v in data.items() if k not in known and k != "servers"}
-        return cls(servers=tuple(servers), extra=extra, **options)
+        extra = {
+            k: v for k, v in data.items() if k not in known and k not in (*special, "token_file")
+        }
+        return cls(servers=tuple(servers), extra=extra, **options).with_defaults()
+
+    def with_defaults(self) -> SiteConfig:
+        """Servers without TLS or a token of their own take the site's."""
+        if self.tls is None and self.token is None:
+            return self
+        servers = tuple(
+            replace(s, tls=s.tls or self.tls, token=s.token or self.token) for s in self.servers
+        )
+        return replace(self, servers=servers)
 
     @classmethod
     def load(cls, path: Path | str) -> SiteConfig:
@@ -131,4 +152,37 @@ class SiteConfig:
             port = int(env.get("SONIC_LOCAL_BALANCER_PORT", "8001"))
             lb = ServerEntry(address=env["SONIC_LOCAL_BALANCER_HOST"], port=port, name="balancer")
             site = replace(site, servers=(lb,))
-        return site
+        if env.get("PYSONIC_TOKEN_FILE"):
+            token = _token({"token_file": env["PYSONIC_TOKEN_FILE"]}, "PYSONIC_TOKEN_FILE")
+            site = replace(site, token=token)
+        return site.with_defaults()
+
+
+def _tls(value: Any, where: str) -> TLSConfig | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        msg = f"{where} must be a table (ca_file, cert_file, key_file, server_name)"
+        raise InvalidArgumentError(msg)
+    try:
+        return TLSConfig(**value)
+    except TypeError as err:
+        msg = f"{where}: {err}"
+        raise InvalidArgumentError(msg) from None
+
+
+def _token(entry: Mapping[str, Any], where: str) -> str | None:
+    """``token_file`` (the token alone in a file, surrounding whitespace dropped) or ``token``."""
+    if entry.get("token_file"):
+        path = Path(str(entry["token_file"])).expanduser()
+        try:
+            token = path.read_text().strip()
+        except OSError as err:
+            msg = f"{where}: cannot read token_file {path}: {err.strerror}"
+            raise InvalidArgumentError(msg) from None
+        if not token:
+            msg = f"{where}: token_file {path} is empty"
+            raise InvalidArgumentError(msg)
+        return token
+    token = entry.get("token")
+    return None if token is None else str(token)

@@ -46,11 +46,14 @@ class ModelIndexEntry:
 
 @dataclass(frozen=True, slots=True)
 class TLSConfig:
-    """TLS for a server: CA bundle, optional client certificate (mutual TLS)."""
+    """TLS for a server: CA bundle (None: the system's roots), optional client certificate and
+    key (mutual TLS), and ``server_name`` when the certificate names another host than the
+    address dialled (e.g. a server reached through an IP or a tunnel)."""
 
     ca_file: str | None = None
     cert_file: str | None = None
     key_file: str | None = None
+    server_name: str | None = None
 
 
 class AsyncTransport(abc.ABC):
@@ -131,10 +134,14 @@ class GrpcTransport(AsyncTransport):
     def _chan(self) -> grpc.aio.Channel:
         if self._channel is None:
             if self._tls is not None:
+                tls = self._tls
                 creds = grpc.ssl_channel_credentials(
-                    _read(self._tls.ca_file), _read(self._tls.key_file), _read(self._tls.cert_file)
+                    _read(tls.ca_file), _read(tls.key_file), _read(tls.cert_file)
                 )
-                self._channel = grpc.aio.secure_channel(self.url, creds, options=self._options)
+                options = list(self._options)
+                if tls.server_name:
+                    options.append(("grpc.ssl_target_name_override", tls.server_name))
+                self._channel = grpc.aio.secure_channel(self.url, creds, options=options)
             else:
                 self._channel = grpc.aio.insecure_channel(self.url, options=self._options)
             ch = self._channel

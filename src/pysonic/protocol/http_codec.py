@@ -207,6 +207,10 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> n
         except ValueError:
             msg = f"input '{name}': 'data' is not a rectangular array of numbers"
             raise InvalidArgumentError(msg) from None
+        if values.dtype.kind == "O" or (dtype.kind in "iu" and values.dtype.kind == "f"):
+            # integers past int64 (numpy makes [2**63, 0] float64, losing digits, and
+            # [2**70] an object array): check them one by one as Python numbers
+            values = _python_numbers(name, datatype, data, dtype)
         if values.size and values.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
             msg = f"input '{name}': 'data' holds {_kind_name(values)}, not {datatype} values"
             raise InvalidArgumentError(msg)
@@ -215,7 +219,13 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> n
             if values.min() < info.min or values.max() > info.max:
                 msg = f"input '{name}': 'data' has values outside {datatype}'s range"
                 raise InvalidArgumentError(msg)
-        arr = values.astype(dtype, copy=False)
+        with np.errstate(over="ignore"):
+            arr = values.astype(dtype, copy=False)
+        # a finite number too large for FP16 / FP32 / BF16 would silently become inf
+        overflow = dtype.kind in "fV" and values.dtype.kind == "f" and arr.size
+        if overflow and not np.array_equal(np.isfinite(arr), np.isfinite(values)):
+            msg = f"input '{name}': 'data' has values outside {datatype}'s range"
+            raise InvalidArgumentError(msg)
     if arr.size != count:
         msg = (
             f"input '{name}': 'data' holds {arr.size} elements, expected {count} "
@@ -223,6 +233,38 @@ def _from_json(name: str, datatype: str, shape: tuple[int, ...], data: Any) -> n
         )
         raise InvalidArgumentError(msg)
     return arr.reshape(shape)
+
+
+def _python_numbers(name: str, datatype: str, data: list, dtype: np.dtype) -> np.ndarray:
+    """JSON ``data`` checked as exact Python numbers, then converted: the slow path, for
+    integers that do not fit int64 (or values that are not numbers)."""
+    where = f"input '{name}'"
+    items = np.asarray(data, dtype=object)
+    flat = items.reshape(-1).tolist()
+    kinds = {type(v) for v in flat}
+    accepted = {"b": {bool}, "i": {int}, "u": {int}}.get(dtype.kind, {int, float})
+    if not kinds <= accepted:
+        if kinds <= {bool, int, float}:
+            names = {float: "non-integer numbers", int: "integers", bool: "booleans"}
+            what = next(names[k] for k in (float, int, bool) if k in kinds - accepted)
+            msg = f"{where}: 'data' holds {what}, not {datatype} values"
+        else:
+            msg = f"{where}: 'data' is not a rectangular array of numbers"
+        raise InvalidArgumentError(msg)
+    if dtype.kind in "iu" and flat:
+        info = np.iinfo(dtype)
+        if min(flat) < info.min or max(flat) > info.max:
+            msg = f"{where}: 'data' has values outside {datatype}'s range"
+            raise InvalidArgumentError(msg)
+    try:
+        with np.errstate(over="ignore"):
+            out = items.astype(dtype)
+    except (OverflowError, ValueError, TypeError):
+        out = None
+    if out is None or (dtype.kind in "fV" and out.size and not np.isfinite(out).all()):
+        msg = f"{where}: 'data' has values outside {datatype}'s range"
+        raise InvalidArgumentError(msg)
+    return out
 
 
 def _kind_name(values: np.ndarray) -> str:

@@ -69,6 +69,7 @@ from pysonic.errors import (
     AlreadyExistsError,
     InvalidArgumentError,
     NotFoundError,
+    PermissionDeniedError,
     ResourceExhaustedError,
 )
 from pysonic.protocol.datatypes import BYTES, deserialize_bytes, serialize_bytes, to_numpy_dtype
@@ -237,7 +238,7 @@ class SharedMemoryRegistry:
         prefixes = self.allowed_key_prefixes
         if prefixes is not None and not filename.startswith(prefixes):
             msg = f"{what}: key '{key}' is not allowed (allowed prefixes: {', '.join(prefixes)})"
-            raise InvalidArgumentError(msg)
+            raise PermissionDeniedError(msg)
         return filename
 
     def _map(

@@ -77,7 +77,8 @@ class DynamicBatcher(InstancePool):
         self._preferred = frozenset(config.preferred_batch_sizes)
         self._order_lock = threading.Lock()
         self._next_seq = 1
-        self._finished: dict[int, PendingRequest] = {}
+        #: preserve_ordering: finished requests by arrival seq (None: dropped, nobody to tell)
+        self._finished: dict[int, PendingRequest | None] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -168,7 +169,7 @@ class DynamicBatcher(InstancePool):
             self._queued -= 1
         if self.config.preserve_ordering:
             with self._order_lock:  # keep the delivery sequence moving past the dropped one
-                self._finished[req.seq] = req
+                self._finished[req.seq] = None
         return True
 
     # ------------------------------------------------------------------ queue internals
@@ -289,7 +290,9 @@ class DynamicBatcher(InstancePool):
                 self._finished[r.seq] = r
             ready: list[PendingRequest] = []
             while self._next_seq in self._finished:
-                ready.append(self._finished.pop(self._next_seq))
+                r = self._finished.pop(self._next_seq)
+                if r is not None:  # a dropped request is never delivered
+                    ready.append(r)
                 self._next_seq += 1
             if ready:
                 self._deliver(ready)

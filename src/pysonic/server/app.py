@@ -26,16 +26,20 @@ from types import TracebackType
 import grpc
 from prometheus_client import CollectorRegistry, start_http_server
 
-from pysonic.errors import PysonicError
+from pysonic.errors import InvalidArgumentError, PysonicError
 from pysonic.protocol.shm import DEFAULT_MAX_TOTAL_BYTES, SharedMemoryRegistry
 from pysonic.repository import ModelRepository
 from pysonic.scheduling import DEFAULT_QUEUE_CAP
+from pysonic.server.auth import AuthPolicy
 from pysonic.server.core import InferenceCore
+from pysonic.server.grpc_auth import AuthInterceptor
 from pysonic.server.grpc_service import InferenceServicer, add_to_server
 from pysonic.server.http import DEFAULT_MAX_BODY_BYTES, HttpApp, HttpListener
+from pysonic.server.http.auth import AuthMiddleware
 from pysonic.server.metrics import TritonMetricsCollector
 from pysonic.server.poller import RepositoryPoller
 from pysonic.server.state import ServerState
+from pysonic.server.tls import ServerTLS
 
 __all__ = ["Server", "ServerOptions", "StartupError"]
 
@@ -66,6 +70,12 @@ class ServerOptions:
     repository_poll_secs: float = 15.0
     shared_memory_max_bytes: int = DEFAULT_MAX_TOTAL_BYTES
     shared_memory_key_prefixes: list[str] | None = None
+    #: TLS for gRPC and HTTPS (PEM files); with a client CA, mutual TLS (docs/security.md)
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
+    #: bearer-token authentication and per-model authorization (a policy file, or a policy)
+    auth_policy: Path | AuthPolicy | None = None
 
 
 def _address(host: str, port: int) -> str:
@@ -95,10 +105,32 @@ class Server:
         self._http: HttpListener | None = None
         self._metrics = None
         self._stopping: asyncio.Event | None = None
+        self.tls: ServerTLS | None = None
+        self.auth: AuthPolicy | None = None
+
+    def _security(self) -> None:
+        """Load the TLS files and the auth policy (a bad file is a StartupError naming it)."""
+        opts = self.options
+        try:
+            if opts.tls_cert_file is not None or opts.tls_key_file is not None:
+                if opts.tls_cert_file is None or opts.tls_key_file is None:
+                    msg = "TLS needs both a certificate and its key (--tls-cert, --tls-key)"
+                    raise StartupError(msg)
+                self.tls = ServerTLS(opts.tls_cert_file, opts.tls_key_file, opts.tls_client_ca_file)
+                self.tls.check()
+            elif opts.tls_client_ca_file is not None:
+                raise StartupError("a TLS client CA needs --tls-cert and --tls-key")
+            if isinstance(opts.auth_policy, AuthPolicy):
+                self.auth = opts.auth_policy
+            elif opts.auth_policy is not None:
+                self.auth = AuthPolicy.load(opts.auth_policy)
+        except InvalidArgumentError as err:
+            raise StartupError(err.message) from None
 
     async def start(self) -> None:
         opts = self.options
         self._stopping = asyncio.Event()
+        self._security()
         if opts.model_control_mode == "explicit":
             names = None if "*" in opts.load_models else list(opts.load_models)
             if names is None:
@@ -121,11 +153,16 @@ class Server:
                 ("grpc.max_send_message_length", opts.grpc_max_message_bytes),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-            ]
+            ],
+            interceptors=[AuthInterceptor(self.auth)] if self.auth is not None else None,
         )
         add_to_server(InferenceServicer(self.core, self.state), self._grpc)
         try:
-            self.grpc_port = self._grpc.add_insecure_port(_address(opts.host, opts.grpc_port))
+            address = _address(opts.host, opts.grpc_port)
+            if self.tls is not None:
+                self.grpc_port = self._grpc.add_secure_port(address, self.tls.grpc_credentials())
+            else:
+                self.grpc_port = self._grpc.add_insecure_port(address)
         except RuntimeError as err:
             self.grpc_port = 0
             bind_error: Exception | None = err
@@ -146,6 +183,12 @@ class Server:
         if self.poller is not None:
             self.poller.start(baseline)
         self.state.ready = True
+        if self.tls is not None or self.auth is not None:
+            log.info(
+                "security: TLS %s, bearer-token auth %s",
+                ("mutual" if self.tls.client_ca_file else "on") if self.tls else "off",
+                "on" if self.auth else "off",
+            )
         log.info(
             "pysonic serving %d model(s): gRPC on %s, HTTP on %s, metrics on %s",
             sum(1 for r in self.core.models.values() if r.versions),
@@ -157,8 +200,13 @@ class Server:
     async def _start_http(self) -> None:
         opts = self.options
         assert opts.http_port is not None
-        app = HttpApp(self.core, self.state, max_body_bytes=opts.http_max_body_bytes)
-        listener = HttpListener(app, opts.host, opts.http_port)
+        app: HttpApp | AuthMiddleware = HttpApp(
+            self.core, self.state, max_body_bytes=opts.http_max_body_bytes
+        )
+        if self.auth is not None:
+            app = AuthMiddleware(app, self.auth)
+        ssl = self.tls.uvicorn_options() if self.tls is not None else None
+        listener = HttpListener(app, opts.host, opts.http_port, ssl=ssl)
         try:
             self.http_port = await listener.start()
         except OSError as err:

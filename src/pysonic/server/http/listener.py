@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import uvicorn
@@ -50,10 +50,14 @@ class _EmbeddedUvicorn(uvicorn.Server):
 class HttpListener:
     """One HTTP listener for an ASGI app: ``start`` binds and serves, ``stop`` drains."""
 
-    def __init__(self, app: Any, host: str, port: int) -> None:
+    def __init__(
+        self, app: Any, host: str, port: int, *, ssl: Mapping[str, Any] | None = None
+    ) -> None:
         self.app = app
         self.host = host
         self.port = port
+        #: uvicorn's ``ssl_*`` settings (HTTPS), e.g. from :meth:`ServerTLS.uvicorn_options`
+        self.ssl = dict(ssl or {})
         self._server: _EmbeddedUvicorn | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -72,6 +76,7 @@ class HttpListener:
             log_level="warning",
             access_log=False,
             timeout_keep_alive=KEEP_ALIVE_S,
+            **self.ssl,
         )
         server = _EmbeddedUvicorn(config)
         task = asyncio.create_task(server.serve(sockets=[sock]), name="pysonic-http")
