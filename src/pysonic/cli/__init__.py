@@ -123,6 +123,30 @@ def serve(
     shared_memory_max_bytes: Annotated[
         int, typer.Option(help="Cap on the bytes all registered shared-memory regions map.")
     ] = 64 << 30,
+    max_request_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Largest request (declared bytes, both protocols, shared memory included; "
+            "0 = the gRPC/HTTP limits above).",
+            min=0,
+        ),
+    ] = 0,
+    max_inflight_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="Bytes all in-flight requests may hold together; over it new requests get "
+            "RESOURCE_EXHAUSTED / 503 (default: a quarter of RAM; 0 = no limit).",
+            min=0,
+        ),
+    ] = None,
+    max_inflight_per_client: Annotated[
+        int,
+        typer.Option(
+            help="Requests in flight per client (pysonic-client-id header, else IP address); "
+            "0 = no limit.",
+            min=0,
+        ),
+    ] = 0,
     log_verbose: Annotated[int, typer.Option(help="Verbose logging level (0 = info).")] = 0,
     event_loop: Annotated[
         str, typer.Option(help="auto (uvloop when installed) | asyncio | uvloop")
@@ -158,6 +182,9 @@ def serve(
         drain_timeout=drain_timeout,
         repository_poll_secs=repository_poll_secs,
         shared_memory_max_bytes=shared_memory_max_bytes,
+        max_request_bytes=max_request_bytes,
+        max_inflight_bytes=max_inflight_bytes,
+        max_inflight_per_client=max_inflight_per_client,
     )
     try:
         run(Server(options).serve(), loop=event_loop)

@@ -49,12 +49,14 @@ from pysonic.protocol.http_codec import (
 )
 from pysonic.protocol.shm import CUDA_UNSUPPORTED
 from pysonic.server import introspection as answers
+from pysonic.server.admission import CLIENT_ID_HEADER, Admission, Ticket, shared_memory_bytes
 from pysonic.server.core import InferenceCore
 from pysonic.server.http.body import (
     OFFLOAD_BYTES,
     BodyTooLargeError,
     ClientDisconnected,
     accepted_encoding,
+    body_too_large,
     compress,
     read_body,
 )
@@ -96,6 +98,8 @@ class _Request:
     path: str
     headers: dict[bytes, bytes]
     receive: Receive
+    #: the client's (host, port) from the ASGI scope
+    peer: tuple[str, int] | None = None
 
 
 def _json(obj: Any) -> _Reply:
@@ -120,17 +124,20 @@ class HttpApp:
         state: ServerState,
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        admission: Admission | None = None,
     ) -> None:
         self.core = core
         self.state = state
         self.max_body_bytes = max_body_bytes
+        #: in-flight limits shared with the gRPC service (a private, unlimited one if not given)
+        self.admission = admission or Admission()
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # no lifespan or websocket protocol: the Server owns startup and shutdown
         raw = scope.get("raw_path") or scope["path"].encode()
         path = raw.split(b"?", 1)[0].decode("latin-1")
-        req = _Request(scope["method"], path, dict(scope["headers"]), receive)
+        req = _Request(scope["method"], path, dict(scope["headers"]), receive, scope.get("client"))
         try:
             reply = await self._route(req, [unquote(p) for p in path.strip("/").split("/")])
         except ClientDisconnected:
@@ -265,7 +272,35 @@ class HttpApp:
     async def _infer(self, req: _Request, name: str, version: str) -> _Reply:
         if not self.state.accepting:
             raise UnavailableError("server is shutting down")
+        with self._admit(req) as ticket:
+            return await self._admitted_infer(req, ticket, name, version)
+
+    def _admit(self, req: _Request) -> Ticket:
+        """Admission from the headers alone, before the body is read: ``Content-Length`` is
+        what the request declares (a chunked body is charged the per-request limit until it
+        has arrived)."""
+        admission = self.admission
+        client = ""
+        if admission.tracks_clients:
+            named = req.headers.get(CLIENT_ID_HEADER.encode())
+            if named is not None:
+                client = named.decode(errors="replace")
+            elif req.peer is not None:
+                client = req.peer[0]
+        length = req.headers.get(b"content-length")
+        declared = self.max_body_bytes
+        if length is not None and length.isdigit():
+            declared = int(length)
+            if declared > self.max_body_bytes:
+                raise body_too_large(f"{declared} bytes", self.max_body_bytes)
+        return admission.admit(client, declared)
+
+    async def _admitted_infer(
+        self, req: _Request, ticket: Ticket, name: str, version: str
+    ) -> _Reply:
         body = await read_body(req.receive, req.headers, self.max_body_bytes)
+        # chunked: charge what arrived, not the limit; compressed: what it inflated to
+        ticket.resize(len(body))
         header_length = _header_length(req.headers)
         json_size = len(body) if header_length is None else header_length
         if json_size >= OFFLOAD_BYTES:  # a large JSON header: parse it off the loop
@@ -276,6 +311,7 @@ class HttpApp:
             request = decode_infer_request(
                 body, header_length, name, version, self.core.shared_memory
             )
+        ticket.grow(shared_memory_bytes(request))
         response = await self.core.infer(request)
         if json_elements(response, request) >= _OFFLOAD_JSON_ELEMENTS:
             parts, out_length = await asyncio.to_thread(encode_infer_response, response, request)
