@@ -25,7 +25,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from google.protobuf.message import Message
@@ -78,6 +78,7 @@ _MODEL_GETS = ("", "ready", "config", "stats")
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
 
+T = TypeVar("T")
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -312,7 +313,7 @@ class HttpApp:
                 body, header_length, name, version, self.core.shared_memory
             )
         ticket.grow(shared_memory_bytes(request))
-        response = await self.core.infer(request)
+        response = await _unless_disconnected(self.core.infer(request), req.receive)
         if json_elements(response, request) >= _OFFLOAD_JSON_ELEMENTS:
             parts, out_length = await asyncio.to_thread(encode_infer_response, response, request)
         else:
@@ -356,6 +357,35 @@ class HttpApp:
     async def _cuda_shared_memory(self, req: _Request, action: str, region: str) -> _Reply:
         """CUDA shared memory: not provided (no CUDA IPC in pysonic)."""
         raise UnimplementedError(CUDA_UNSUPPORTED)
+
+
+async def _unless_disconnected(infer: Awaitable[T], receive: Receive) -> T:
+    """Await ``infer``, but cancel it if the client disconnects first.
+
+    A client that gave up (its timeout passed, the job was killed) closes the connection: the
+    request is then dropped from the model's queue and never executed, as a cancelled gRPC call
+    is (:meth:`InferenceCore.infer` cancels its queued request when cancelled). The body was
+    read whole already, so the next ``receive`` returns only when the connection goes."""
+    task = asyncio.current_task()
+    assert task is not None
+    watch = asyncio.get_running_loop().create_task(_cancel_on_disconnect(receive, task))
+    try:
+        return await infer
+    except asyncio.CancelledError:
+        if watch.done() and not watch.cancelled() and watch.result():
+            task.uncancel()
+            raise ClientDisconnected from None
+        raise
+    finally:
+        watch.cancel()
+
+
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> bool:
+    for _ in range(8):  # nothing else should come after a complete body; do not spin if it does
+        if (await receive())["type"] == "http.disconnect":
+            task.cancel()
+            return True
+    return False
 
 
 def _header_length(headers: dict[bytes, bytes]) -> int | None:
