@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import socket
 import statistics
 import textwrap
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.timeout(180)
 # number of executions started is written to <model dir>/started, for tests to poll.
 SLEEPER = """
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -326,3 +328,52 @@ def _wait_started(server: ServerProcess, model: str, count: int) -> None:
     while not (marks.exists() and marks.read_text().strip() and int(marks.read_text()) >= count):
         assert time.monotonic() < deadline
         time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_sigterm_drains_under_load_and_restarts_on_the_same_ports(tmp_path: Path) -> None:
+    """SIGTERM: both ready endpoints say no, new requests get UNAVAILABLE / 503, every admitted
+    request (running and queued) finishes, the process exits 0; a restart on the same ports
+    serves again."""
+    repo = sleeper_repository(tmp_path / "repo")
+    args = ["--http-port", "0", "--drain-timeout", "20"]
+    server = ServerProcess(repo, models=["wide"], extra_args=args).start()
+    assert server.proc is not None
+    grpc_port, http_port = server.grpc_port, server.http_port
+    x = _x()
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    http = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}")
+    results = _Collect()
+    for _ in range(6):  # 6 x 200 ms, one at a time: 1.2 s of work in flight
+        client.async_infer("wide", [_grpc_input(x)], callback=results)
+    _wait_started(server, "wide", 1)
+    t0 = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while client.is_server_ready():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not http.is_server_ready()
+    assert http.is_server_live()
+    with pytest.raises(InferenceServerException) as info:
+        client.infer("wide", [_grpc_input(x)])
+    assert "UNAVAILABLE" in str(info.value.status())
+    inp = httpclient.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    with pytest.raises(InferenceServerException) as info:
+        http.infer("wide", [inp])
+    assert info.value.status() == "503"
+    assert server.proc.wait(timeout=20) == 0
+    assert time.monotonic() - t0 < 10
+    server.stop()
+    assert len(results.results) == 6
+    for r in results.results:
+        assert isinstance(r, grpcclient.InferResult), r
+        np.testing.assert_array_equal(r.as_numpy("y"), 2 * x)
+    client.close()
+    http.close()
+    restart = ["--grpc-port", str(grpc_port), "--http-port", str(http_port)]
+    with ServerProcess(repo, models=["wide"], extra_args=restart) as again:
+        assert (again.grpc_port, again.http_port) == (grpc_port, http_port)
+        with grpcclient.InferenceServerClient(again.grpc_url) as client:
+            assert client.infer("wide", [_grpc_input(x)]).as_numpy("y")[0, 1] == 2

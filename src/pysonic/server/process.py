@@ -107,6 +107,7 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         self.grpc_port = self.http_port = None
+        self._log.close()  # the file stays on disk: log_text() still reads it
         return self.proc.returncode
 
     def __enter__(self) -> ServerProcess:
