@@ -32,7 +32,7 @@ from pysonic.client import (
     build_transport,
     connect,
 )
-from pysonic.errors import InvalidArgumentError, UnavailableError
+from pysonic.errors import DeadlineExceededError, InvalidArgumentError, UnavailableError
 from pysonic.protocol.types import InferRequest, InferResponse
 from pysonic.server import EmbeddedServer, ServerOptions
 
@@ -188,7 +188,7 @@ class _ServeProcess:
             t = GrpcTransport(self.url)
             try:
                 return await t.server_ready(timeout=1)
-            except UnavailableError:
+            except (UnavailableError, DeadlineExceededError):  # still starting, or a busy host
                 return False
             finally:
                 await t.close()

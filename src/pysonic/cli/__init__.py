@@ -154,6 +154,30 @@ def serve(
             "(docs/security.md). Tokens are never taken on the command line."
         ),
     ] = None,
+    max_request_bytes: Annotated[
+        int,
+        typer.Option(
+            help="Largest request (declared bytes, both protocols, shared memory included; "
+            "0 = the gRPC/HTTP limits above).",
+            min=0,
+        ),
+    ] = 0,
+    max_inflight_bytes: Annotated[
+        int | None,
+        typer.Option(
+            help="Bytes all in-flight requests may hold together; over it new requests get "
+            "RESOURCE_EXHAUSTED / 503 (default: a quarter of RAM; 0 = no limit).",
+            min=0,
+        ),
+    ] = None,
+    max_inflight_per_client: Annotated[
+        int,
+        typer.Option(
+            help="Requests in flight per client (pysonic-client-id header, else IP address); "
+            "0 = no limit.",
+            min=0,
+        ),
+    ] = 0,
     log_verbose: Annotated[int, typer.Option(help="Verbose logging level (0 = info).")] = 0,
     event_loop: Annotated[
         str, typer.Option(help="auto (uvloop when installed) | asyncio | uvloop")
@@ -194,6 +218,9 @@ def serve(
         tls_key_file=tls_key,
         tls_client_ca_file=tls_client_ca,
         auth_policy=auth_policy,
+        max_request_bytes=max_request_bytes,
+        max_inflight_bytes=max_inflight_bytes,
+        max_inflight_per_client=max_inflight_per_client,
     )
     try:
         run(Server(options).serve(), loop=event_loop)

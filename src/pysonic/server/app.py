@@ -31,6 +31,7 @@ from pysonic.protocol.shm import DEFAULT_MAX_TOTAL_BYTES, SharedMemoryRegistry
 from pysonic.repository import ModelRepository
 from pysonic.scheduling import DEFAULT_QUEUE_CAP
 from pysonic.server.auth import AuthPolicy
+from pysonic.server.admission import Admission, AdmissionLimits, default_inflight_bytes
 from pysonic.server.core import InferenceCore
 from pysonic.server.grpc_auth import AuthInterceptor
 from pysonic.server.grpc_service import InferenceServicer, add_to_server
@@ -76,6 +77,26 @@ class ServerOptions:
     tls_client_ca_file: Path | None = None
     #: bearer-token authentication and per-model authorization (a policy file, or a policy)
     auth_policy: Path | AuthPolicy | None = None
+    #: one request's declared bytes, both protocols (0: gRPC's and HTTP's own limits only)
+    max_request_bytes: int = 0
+    #: bytes all in-flight requests may hold together (None: a quarter of RAM; 0: no limit)
+    max_inflight_bytes: int | None = None
+    #: requests in flight per client identity (0: no limit)
+    max_inflight_per_client: int = 0
+
+    def admission_limits(self) -> AdmissionLimits:
+        budget = self.max_inflight_bytes
+        return AdmissionLimits(
+            max_request_bytes=self.max_request_bytes,
+            max_inflight_bytes=default_inflight_bytes() if budget is None else budget,
+            max_inflight_per_client=self.max_inflight_per_client,
+        )
+
+    def request_limit(self, transport_limit: int) -> int:
+        """A transport's message / body limit, lowered to ``max_request_bytes`` when set."""
+        if self.max_request_bytes > 0:
+            return min(transport_limit, self.max_request_bytes)
+        return transport_limit
 
 
 def _address(host: str, port: int) -> str:
@@ -97,6 +118,8 @@ class Server:
                 allowed_key_prefixes=options.shared_memory_key_prefixes,
             ),
         )
+        #: in-flight limits and accounting, shared by the gRPC and HTTP frontends
+        self.admission = Admission(options.admission_limits())
         self.poller: RepositoryPoller | None = None
         self.grpc_port = 0
         self.http_port = 0
@@ -149,14 +172,17 @@ class Server:
         self._grpc = grpc.aio.server(
             options=[
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", opts.grpc_max_message_bytes),
+                (
+                    "grpc.max_receive_message_length",
+                    opts.request_limit(opts.grpc_max_message_bytes),
+                ),
                 ("grpc.max_send_message_length", opts.grpc_max_message_bytes),
                 ("grpc.keepalive_permit_without_calls", 1),
                 ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
             ],
             interceptors=[AuthInterceptor(self.auth)] if self.auth is not None else None,
         )
-        add_to_server(InferenceServicer(self.core, self.state), self._grpc)
+        add_to_server(InferenceServicer(self.core, self.state, self.admission), self._grpc)
         try:
             address = _address(opts.host, opts.grpc_port)
             if self.tls is not None:
@@ -201,7 +227,10 @@ class Server:
         opts = self.options
         assert opts.http_port is not None
         app: HttpApp | AuthMiddleware = HttpApp(
-            self.core, self.state, max_body_bytes=opts.http_max_body_bytes
+            self.core,
+            self.state,
+            max_body_bytes=opts.request_limit(opts.http_max_body_bytes),
+            admission=self.admission,
         )
         if self.auth is not None:
             app = AuthMiddleware(app, self.auth)
@@ -219,12 +248,26 @@ class Server:
         self._http = listener
 
     async def stop(self, grace: float | None = None) -> None:
-        """Readiness off, refuse new work, finish in-flight requests, drain, close."""
+        """Readiness off, refuse new work, finish in-flight requests, drain, close.
+
+        The listeners stay open while admitted requests finish, so health checks see
+        ``ready: false`` and new inference requests get UNAVAILABLE / 503 (a load balancer moves
+        on) rather than a refused connection; then they close with what is left of ``grace``."""
         grace = self.options.drain_timeout if grace is None else grace
+        deadline = asyncio.get_running_loop().time() + grace
         self.state.ready = False
         self.state.accepting = False
         if self.poller is not None:
             await self.poller.stop()
+        if self._grpc is not None or self._http is not None:
+            drained = await self.admission.wait_idle(grace)
+            if not drained:
+                log.warning(
+                    "drain timeout (%.1f s) passed with %d request(s) in flight; closing",
+                    grace,
+                    self.admission.inflight,
+                )
+        grace = max(deadline - asyncio.get_running_loop().time(), 0.0)
         closing = []
         if self._grpc is not None:
             closing.append(self._grpc.stop(grace))

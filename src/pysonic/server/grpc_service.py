@@ -37,6 +37,12 @@ from pysonic.protocol.grpc_codec import (
 )
 from pysonic.protocol.shm import CUDA_UNSUPPORTED
 from pysonic.server import introspection as answers
+from pysonic.server.admission import (
+    CLIENT_ID_HEADER,
+    Admission,
+    peer_address,
+    shared_memory_bytes,
+)
 from pysonic.server.core import InferenceCore
 from pysonic.server.state import ServerState
 
@@ -80,9 +86,20 @@ def _wrap(fn: Callable[..., Awaitable[T]], empty: Callable[[], T]) -> Callable[.
 class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     """KServe v2 / Triton gRPC endpoints."""
 
-    def __init__(self, core: InferenceCore, state: ServerState) -> None:
+    def __init__(
+        self, core: InferenceCore, state: ServerState, admission: Admission | None = None
+    ) -> None:
         self.core = core
         self.state = state
+        #: in-flight limits shared with the HTTP app (a private, unlimited one if not given)
+        self.admission = admission or Admission()
+
+    def _admit(self, request: Any, context: Any) -> Any:
+        """Admission for one ModelInfer message (already received: gRPC's own message limit
+        bounded it), before it is decoded and queued."""
+        admission = self.admission
+        client = _grpc_client(context) if admission.tracks_clients else ""
+        return admission.admit(client, request.ByteSize())
 
     # ------------------------------------------------------------------ health & metadata
     @_rpc(service_pb2.ServerLiveResponse)
@@ -145,8 +162,11 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: Any) -> bytes:
         if not self.state.accepting:
             raise UnavailableError("server is shutting down")
-        response = await self.core.infer(decode_infer_request(request, self.core.shared_memory))
-        return encode_infer_response(response)
+        with self._admit(request, context) as ticket:
+            req = decode_infer_request(request, self.core.shared_memory)
+            ticket.grow(shared_memory_bytes(req))
+            response = await self.core.infer(req)
+            return encode_infer_response(response)
 
     async def ModelStreamInfer(
         self, request_iterator: AsyncIterator[Any], context: Any
@@ -160,8 +180,10 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             try:
                 if not self.state.accepting:
                     raise UnavailableError("server is shutting down")
-                req = decode_infer_request(request, self.core.shared_memory)
-                resp = await self.core.infer(req)
+                with self._admit(request, context) as ticket:
+                    req = decode_infer_request(request, self.core.shared_memory)
+                    ticket.grow(shared_memory_bytes(req))
+                    resp = await self.core.infer(req)
                 await out.put(_stream_response(encode_infer_response(resp)))
             except PysonicError as err:
                 await out.put(_stream_error(request, err.message))
@@ -242,6 +264,14 @@ class InferenceServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def LogSettings(self, request: Any, context: Any) -> None:
         await self._unimplemented("log settings", context)
+
+
+def _grpc_client(context: Any) -> str:
+    """The client's identity: its ``pysonic-client-id`` metadata, else its IP address."""
+    for key, value in context.invocation_metadata() or ():
+        if key == CLIENT_ID_HEADER:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return peer_address(context.peer())
 
 
 def _stream_response(infer_response: bytes) -> bytes:

@@ -86,6 +86,8 @@ class ServerProcess:
         return Path(self._log.name).read_text()
 
     def start(self) -> ServerProcess:
+        if self._log.closed:  # restarted after stop(): append to the same log
+            self._log = Path(self._log.name).open("a+")  # noqa: SIM115 - closed by stop()
         cmd = [
             sys.executable, "-m", "pysonic", "serve",
             "--model-repository", str(self.repository),

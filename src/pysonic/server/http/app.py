@@ -25,7 +25,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from google.protobuf.message import Message
@@ -49,12 +49,14 @@ from pysonic.protocol.http_codec import (
 )
 from pysonic.protocol.shm import CUDA_UNSUPPORTED
 from pysonic.server import introspection as answers
+from pysonic.server.admission import CLIENT_ID_HEADER, Admission, Ticket, shared_memory_bytes
 from pysonic.server.core import InferenceCore
 from pysonic.server.http.body import (
     OFFLOAD_BYTES,
     BodyTooLargeError,
     ClientDisconnected,
     accepted_encoding,
+    body_too_large,
     compress,
     read_body,
 )
@@ -76,6 +78,7 @@ _MODEL_GETS = ("", "ready", "config", "stats")
 _JSON = b"application/json"
 _BINARY = b"application/octet-stream"
 
+T = TypeVar("T")
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
@@ -96,6 +99,8 @@ class _Request:
     path: str
     headers: dict[bytes, bytes]
     receive: Receive
+    #: the client's (host, port) from the ASGI scope
+    peer: tuple[str, int] | None = None
 
 
 def _json(obj: Any) -> _Reply:
@@ -120,17 +125,20 @@ class HttpApp:
         state: ServerState,
         *,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        admission: Admission | None = None,
     ) -> None:
         self.core = core
         self.state = state
         self.max_body_bytes = max_body_bytes
+        #: in-flight limits shared with the gRPC service (a private, unlimited one if not given)
+        self.admission = admission or Admission()
 
     async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return  # no lifespan or websocket protocol: the Server owns startup and shutdown
         raw = scope.get("raw_path") or scope["path"].encode()
         path = raw.split(b"?", 1)[0].decode("latin-1")
-        req = _Request(scope["method"], path, dict(scope["headers"]), receive)
+        req = _Request(scope["method"], path, dict(scope["headers"]), receive, scope.get("client"))
         try:
             reply = await self._route(req, [unquote(p) for p in path.strip("/").split("/")])
         except ClientDisconnected:
@@ -265,7 +273,35 @@ class HttpApp:
     async def _infer(self, req: _Request, name: str, version: str) -> _Reply:
         if not self.state.accepting:
             raise UnavailableError("server is shutting down")
+        with self._admit(req) as ticket:
+            return await self._admitted_infer(req, ticket, name, version)
+
+    def _admit(self, req: _Request) -> Ticket:
+        """Admission from the headers alone, before the body is read: ``Content-Length`` is
+        what the request declares (a chunked body is charged the per-request limit until it
+        has arrived)."""
+        admission = self.admission
+        client = ""
+        if admission.tracks_clients:
+            named = req.headers.get(CLIENT_ID_HEADER.encode())
+            if named is not None:
+                client = named.decode(errors="replace")
+            elif req.peer is not None:
+                client = req.peer[0]
+        length = req.headers.get(b"content-length")
+        declared = self.max_body_bytes
+        if length is not None and length.isdigit():
+            declared = int(length)
+            if declared > self.max_body_bytes:
+                raise body_too_large(f"{declared} bytes", self.max_body_bytes)
+        return admission.admit(client, declared)
+
+    async def _admitted_infer(
+        self, req: _Request, ticket: Ticket, name: str, version: str
+    ) -> _Reply:
         body = await read_body(req.receive, req.headers, self.max_body_bytes)
+        # chunked: charge what arrived, not the limit; compressed: what it inflated to
+        ticket.resize(len(body))
         header_length = _header_length(req.headers)
         json_size = len(body) if header_length is None else header_length
         if json_size >= OFFLOAD_BYTES:  # a large JSON header: parse it off the loop
@@ -276,7 +312,8 @@ class HttpApp:
             request = decode_infer_request(
                 body, header_length, name, version, self.core.shared_memory
             )
-        response = await self.core.infer(request)
+        ticket.grow(shared_memory_bytes(request))
+        response = await _unless_disconnected(self.core.infer(request), req.receive)
         if json_elements(response, request) >= _OFFLOAD_JSON_ELEMENTS:
             parts, out_length = await asyncio.to_thread(encode_infer_response, response, request)
         else:
@@ -320,6 +357,35 @@ class HttpApp:
     async def _cuda_shared_memory(self, req: _Request, action: str, region: str) -> _Reply:
         """CUDA shared memory: not provided (no CUDA IPC in pysonic)."""
         raise UnimplementedError(CUDA_UNSUPPORTED)
+
+
+async def _unless_disconnected(infer: Awaitable[T], receive: Receive) -> T:
+    """Await ``infer``, but cancel it if the client disconnects first.
+
+    A client that gave up (its timeout passed, the job was killed) closes the connection: the
+    request is then dropped from the model's queue and never executed, as a cancelled gRPC call
+    is (:meth:`InferenceCore.infer` cancels its queued request when cancelled). The body was
+    read whole already, so the next ``receive`` returns only when the connection goes."""
+    task = asyncio.current_task()
+    assert task is not None
+    watch = asyncio.get_running_loop().create_task(_cancel_on_disconnect(receive, task))
+    try:
+        return await infer
+    except asyncio.CancelledError:
+        if watch.done() and not watch.cancelled() and watch.result():
+            task.uncancel()
+            raise ClientDisconnected from None
+        raise
+    finally:
+        watch.cancel()
+
+
+async def _cancel_on_disconnect(receive: Receive, task: asyncio.Task[Any]) -> bool:
+    for _ in range(8):  # nothing else should come after a complete body; do not spin if it does
+        if (await receive())["type"] == "http.disconnect":
+            task.cancel()
+            return True
+    return False
 
 
 def _header_length(headers: dict[bytes, bytes]) -> int | None:

@@ -26,6 +26,7 @@ __all__ = [
     "BodyTooLargeError",
     "ClientDisconnected",
     "accepted_encoding",
+    "body_too_large",
     "compress",
     "read_body",
 ]
@@ -56,7 +57,7 @@ async def read_body(
             msg = f"invalid Content-Length {length.decode(errors='replace')!r}"
             raise InvalidArgumentError(msg) from None
         if declared > limit:
-            raise _too_large(f"{declared} bytes", limit)
+            raise body_too_large(f"{declared} bytes", limit)
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -66,7 +67,7 @@ async def read_body(
         chunk = message.get("body", b"")
         total += len(chunk)
         if total > limit:
-            raise _too_large(f"more than {limit} bytes", limit)
+            raise body_too_large(f"more than {limit} bytes", limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             break
@@ -85,10 +86,11 @@ async def read_body(
     return _inflate(body, name, limit)
 
 
-def _too_large(what: str, limit: int) -> BodyTooLargeError:
+def body_too_large(what: str, limit: int) -> BodyTooLargeError:
+    """The error for a body of ``what`` over ``limit`` (the connection is closed after it)."""
     return BodyTooLargeError(
         f"request body of {what} is over this server's limit of {limit} bytes "
-        f"(--http-max-body-bytes)"
+        f"(--http-max-body-bytes / --max-request-bytes)"
     )
 
 
@@ -110,7 +112,7 @@ def _inflate_with(body: bytes, wbits: int, encoding: str, limit: int) -> bytes:
     inflater = zlib.decompressobj(wbits)
     out = inflater.decompress(body, limit + 1)
     if len(out) > limit:
-        raise _too_large(f"more than {limit} bytes once decompressed", limit)
+        raise body_too_large(f"more than {limit} bytes once decompressed", limit)
     if not inflater.eof or inflater.unused_data:
         msg = f"truncated or corrupt {encoding} request body"
         raise InvalidArgumentError(msg)
