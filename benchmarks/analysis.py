@@ -122,9 +122,7 @@ def main() -> None:
         for _ in range(rounds):
             for name, fn in paths.items():
                 times[name].append(_time(fn))
-            times["inputs: vectorized builder"].append(
-                _time(lambda: direct.inputs(jets, consts))
-            )
+            times["inputs: vectorized builder"].append(_time(lambda: direct.inputs(jets, consts)))
             times["inputs: per-jet loop"].append(_time(lambda: _per_jet_inputs(jets, consts)))
         close_engines()
         for wrapper in coffea_clients:  # tritonclient's channels, before the interpreter exits

@@ -54,7 +54,8 @@ __all__ = ["LocalCluster", "free_port", "haproxy_binary", "prometheus_binary"]
 
 
 def haproxy_binary() -> str | None:
-    return shutil.which("haproxy")
+    # Debian installs it in /usr/sbin, outside an unprivileged user's PATH
+    return shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
 
 
 def prometheus_binary() -> str | None:

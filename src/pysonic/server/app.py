@@ -30,8 +30,8 @@ from pysonic.errors import InvalidArgumentError, PysonicError
 from pysonic.protocol.shm import DEFAULT_MAX_TOTAL_BYTES, SharedMemoryRegistry
 from pysonic.repository import ModelRepository
 from pysonic.scheduling import DEFAULT_QUEUE_CAP
-from pysonic.server.auth import AuthPolicy
 from pysonic.server.admission import Admission, AdmissionLimits, default_inflight_bytes
+from pysonic.server.auth import AuthPolicy
 from pysonic.server.core import InferenceCore
 from pysonic.server.grpc_auth import AuthInterceptor
 from pysonic.server.grpc_service import InferenceServicer, add_to_server

@@ -119,9 +119,7 @@ class InferenceCore:
             if not previous:
                 record.state = "LOADING"
             try:
-                versions = await asyncio.to_thread(
-                    self._load_versions, name, definition, config
-                )
+                versions = await asyncio.to_thread(self._load_versions, name, definition, config)
             except PysonicError as err:
                 if not previous:
                     record.state, record.reason = "UNAVAILABLE", err.message
