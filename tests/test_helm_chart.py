@@ -249,6 +249,15 @@ def test_scaledobject_defaults() -> None:
     assert meta["threshold"] == "100"
     sel = f'namespace="{NAMESPACE}",pod=~"{RELEASE}-pysonic-server-.*"'
     assert meta["query"] == QUERY.format(sel=sel, w="30s")
+    # one server removed per polling interval at most (docs/cluster.md: why)
+    scale_down = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]["scaleDown"]
+    assert scale_down["policies"] == [{"type": "Pods", "value": 1, "periodSeconds": 30}]
+    assert scale_down["stabilizationWindowSeconds"] == 300
+
+
+def test_scaledobject_behavior_can_be_dropped() -> None:
+    spec = find(render({"autoscaling": {"behavior": None}}), "ScaledObject")["spec"]
+    assert "advanced" not in spec
 
 
 def test_scaledobject_values() -> None:
