@@ -20,6 +20,7 @@ Run: ``python tests/fuzz/fuzz_http.py -max_total_time=20 [corpus_dir]``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import struct
 import sys
@@ -79,7 +80,12 @@ async def _call(method: str, path: str, headers: list[tuple[bytes, bytes]], chun
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
-        return messages.pop(0) if messages else {"type": "http.disconnect"}
+        if messages:
+            return messages.pop(0)
+        # like uvicorn: once the body is read, receive() waits until the client goes away (the
+        # app watches it to drop queued work of clients that disconnect); this one never does
+        await asyncio.Event().wait()
+        return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)

@@ -373,7 +373,8 @@ async def _unless_disconnected(infer: Awaitable[T], receive: Receive) -> T:
         return await infer
     except asyncio.CancelledError:
         if watch.done() and not watch.cancelled() and watch.result():
-            task.uncancel()
+            if hasattr(task, "uncancel"):  # Python >= 3.11 counts cancellations
+                task.uncancel()
             raise ClientDisconnected from None
         raise
     finally:
