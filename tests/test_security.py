@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
+import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -583,6 +586,71 @@ port = {secure_server.server.grpc_port}
         client.infer({"x": X})
     env = {"PYSONIC_SERVERS": url, "PYSONIC_TOKEN_FILE": str(token_file)}
     assert SiteConfig.from_env(env).servers[0].token == INFER_TOKEN
+
+
+# ------------------------------------------------- pysonic perf with perf_analyzer's TLS options
+def run_perf_cli(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:
+    out = tmp_path / f"perf-{len(list(tmp_path.iterdir()))}.json"
+    cmd = [
+        sys.executable, "-m", "pysonic", "perf", "-m", "dense", "--concurrency-range", "2",
+        "-p", "300", "--max-trials", "3", "-s", "50", "--json", str(out), *args,
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False), out
+
+
+def test_perf_over_mutual_tls_with_a_token(
+    secure_server: EmbeddedServer, pki: Pki, tmp_path: Path
+) -> None:
+    token = f"Authorization: Bearer {INFER_TOKEN}"
+    grpc_tls = [
+        "--ssl-grpc-use-ssl",
+        "--ssl-grpc-root-certifications-file", str(pki.ca),
+        "--ssl-grpc-private-key-file", str(pki.client_key),
+        "--ssl-grpc-certificate-chain-file", str(pki.client_cert),
+    ]  # fmt: skip
+    grpc_url = f"127.0.0.1:{secure_server.server.grpc_port}"
+    # two load processes: the connection settings travel to them
+    done, out = run_perf_cli(tmp_path, "-u", grpc_url, *grpc_tls, "-H", token, "--processes", "2")
+    assert done.returncode == 0, done.stderr + done.stdout
+    doc = json.loads(out.read_text())
+    assert doc["failed_total"] == 0
+    assert doc["requests_total"] == doc["server_requests_total"] > 0
+
+    https = [
+        "-i", "http", "-u", f"https://127.0.0.1:{secure_server.server.http_port}",
+        "--ssl-https-ca-certificates-file", str(pki.ca),
+        "--ssl-https-client-certificate-file", str(pki.client_cert),
+        "--ssl-https-private-key-file", str(pki.client_key),
+    ]  # fmt: skip
+    done, out = run_perf_cli(tmp_path, *https, "-H", token)
+    assert done.returncode == 0, done.stderr + done.stdout
+    doc = json.loads(out.read_text())
+    assert doc["failed_total"] == 0
+    assert doc["requests_total"] == doc["server_requests_total"] > 0
+
+    # no token: the server says why, and perf says it
+    done, _ = run_perf_cli(tmp_path, "-u", grpc_url, *grpc_tls)
+    assert done.returncode != 0
+    assert "UNAUTHENTICATED" in done.stdout + done.stderr
+    # a wrong token
+    done, _ = run_perf_cli(tmp_path, *https, "-H", f"Authorization: Bearer {INFER_TOKEN}x")
+    assert done.returncode != 0
+    assert "401" in done.stdout + done.stderr
+
+
+def test_perf_tls_options_are_checked(tmp_path: Path, pki: Pki) -> None:
+    done, _ = run_perf_cli(tmp_path, "-u", "127.0.0.1:1", "--ssl-https-ca-certificates-file", "x")
+    assert done.returncode == 2
+    assert "for -i http" in done.stderr
+    done, _ = run_perf_cli(tmp_path, "-u", "127.0.0.1:1", "-H", "no colon")
+    assert done.returncode == 2
+    assert "Name:Value" in done.stderr
+    missing = tmp_path / "missing.pem"
+    done, _ = run_perf_cli(
+        tmp_path, "-u", "127.0.0.1:1", "--ssl-grpc-root-certifications-file", str(missing)
+    )
+    assert done.returncode != 0
+    assert "missing.pem" in done.stdout + done.stderr
 
 
 # ---------------------------------------------------------------------- the policy itself

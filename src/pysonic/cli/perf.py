@@ -125,8 +125,49 @@ def perf(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON.")
     ] = None,
+    header: Annotated[
+        list[str] | None,
+        typer.Option(
+            "-H",
+            "--header",
+            help="'Name:Value' sent with every request (repeatable), e.g. "
+            "'Authorization:Bearer <token>'.",
+        ),
+    ] = None,
+    ssl_grpc_use_ssl: Annotated[
+        bool, typer.Option("--ssl-grpc-use-ssl", help="gRPC over TLS.")
+    ] = False,
+    ssl_grpc_root_certifications_file: Annotated[
+        Path | None, typer.Option(help="CA (PEM) of the server's certificate (gRPC).")
+    ] = None,
+    ssl_grpc_private_key_file: Annotated[
+        Path | None, typer.Option(help="Client private key (PEM) for mutual TLS (gRPC).")
+    ] = None,
+    ssl_grpc_certificate_chain_file: Annotated[
+        Path | None, typer.Option(help="Client certificate chain (PEM) for mutual TLS (gRPC).")
+    ] = None,
+    ssl_https_verify_peer: Annotated[
+        int, typer.Option(min=0, max=1, help="HTTPS: check the server's certificate (1).")
+    ] = 1,
+    ssl_https_verify_host: Annotated[
+        int,
+        typer.Option(min=0, max=2, help="HTTPS: check the server's name (2; 0 = don't)."),
+    ] = 2,
+    ssl_https_ca_certificates_file: Annotated[
+        Path | None, typer.Option(help="CA (PEM) of the server's certificate (HTTPS).")
+    ] = None,
+    ssl_https_client_certificate_file: Annotated[
+        Path | None, typer.Option(help="Client certificate (PEM) for mutual TLS (HTTPS).")
+    ] = None,
+    ssl_https_private_key_file: Annotated[
+        Path | None, typer.Option(help="Client private key (PEM) for mutual TLS (HTTPS).")
+    ] = None,
 ) -> None:
-    """Measure a served model like perf_analyzer: throughput and latency per load level."""
+    """Measure a served model like perf_analyzer: throughput and latency per load level.
+
+    TLS and tokens take perf_analyzer's options: --ssl-grpc-* for gRPC, an https:// URL or
+    --ssl-https-* for HTTPS, -H for headers such as a bearer token."""
+    from pysonic.perf._control import Connection, parse_header
     from pysonic.perf._inputs import parse_shape
     from pysonic.perf.profiler import PerfOptions, ProfileSettings, run_perf
     from pysonic.perf.report import perf_table, plot_perf, write_csv
@@ -141,9 +182,45 @@ def perf(
         shapes = dict(parse_shape(s) for s in shape or [])
     except ValueError as err:
         raise typer.BadParameter(str(err), param_hint="--shape") from None
+    url = url or ("localhost:8001" if protocol == "grpc" else "localhost:8000")
+    grpc_files = (
+        ssl_grpc_root_certifications_file,
+        ssl_grpc_private_key_file,
+        ssl_grpc_certificate_chain_file,
+    )
+    https_files = (
+        ssl_https_ca_certificates_file,
+        ssl_https_client_certificate_file,
+        ssl_https_private_key_file,
+    )
+    https = url.startswith("https://") or any(f is not None for f in https_files)
+    if protocol == "grpc" and https:
+        raise typer.BadParameter("--ssl-https-* and https:// are for -i http; use --ssl-grpc-*")
+    if protocol == "http" and (ssl_grpc_use_ssl or any(f is not None for f in grpc_files)):
+        raise typer.BadParameter("--ssl-grpc-* are for -i grpc; use --ssl-https-*")
+    url = url.removeprefix("https://").removeprefix("http://")
+    if protocol == "grpc":
+        ca = ssl_grpc_root_certifications_file
+        cert, key = ssl_grpc_certificate_chain_file, ssl_grpc_private_key_file
+        tls = ssl_grpc_use_ssl or any(f is not None for f in grpc_files)
+    else:
+        ca, cert, key = https_files
+        tls = https
+    try:
+        connection = Connection(
+            tls=tls,
+            ca_file=str(ca) if ca else None,
+            cert_file=str(cert) if cert else None,
+            key_file=str(key) if key else None,
+            verify_peer=bool(ssl_https_verify_peer),
+            verify_host=bool(ssl_https_verify_host),
+            headers=tuple(parse_header(h) for h in header or []),
+        )
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
     options = PerfOptions(
         model=model_name,
-        url=url or ("localhost:8001" if protocol == "grpc" else "localhost:8000"),
+        url=url,
         protocol=protocol,
         version=model_version,
         batch=batch_size,
@@ -160,6 +237,7 @@ def perf(
             latency_threshold_ms=latency_threshold,
         ),
         processes=processes,
+        connection=connection,
     )
     console = Console()
     with Progress(*_PROGRESS, console=Console(stderr=True), transient=True) as bar:

@@ -12,18 +12,121 @@ Example::
         ...
         delta = control.statistics("dense_tagger") - before
         print(delta.success_count, delta.avg_queue_us)
+
+A :class:`Connection` carries what a secured server needs (perf_analyzer's ``--ssl-grpc-*``,
+``--ssl-https-*`` and ``-H``): TLS, optionally with a client certificate, and extra headers such as
+``Authorization: Bearer ...``; the control plane and the load processes both use it.
 """
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from types import TracebackType
 from typing import Any
 
-__all__ = ["PROTOCOLS", "Control", "ServerStats", "stats_from_json"]
+__all__ = ["PROTOCOLS", "Connection", "Control", "ServerStats", "parse_header", "stats_from_json"]
 
 PROTOCOLS = ("grpc", "http")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """TLS and extra headers for every connection to the server (picklable: load processes
+    rebuild their channels from it). Files are PEM paths; ``None`` means the system's CA store and
+    no client certificate."""
+
+    tls: bool = False
+    ca_file: str | None = None  #: CA (root certificates) that signs the server's certificate
+    cert_file: str | None = None  #: client certificate chain (mutual TLS)
+    key_file: str | None = None  #: the client certificate's private key
+    verify_peer: bool = True  #: HTTPS only: check the server's certificate
+    verify_host: bool = True  #: HTTPS only: check the server's name against it
+    #: sent with every request (HTTP headers, gRPC metadata)
+    headers: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.cert_file is None) != (self.key_file is None):
+            msg = "a client certificate needs both its certificate chain and its private key"
+            raise ValueError(msg)
+
+    @property
+    def header_dict(self) -> dict[str, str]:
+        return dict(self.headers)
+
+    @property
+    def grpc_metadata(self) -> tuple[tuple[str, str], ...] | None:
+        """The headers as gRPC metadata (keys lower-case, as HTTP/2 requires)."""
+        return tuple((k.lower(), v) for k, v in self.headers) or None
+
+    def grpc_credentials(self) -> Any:
+        import grpc
+
+        def read(path: str | None) -> bytes | None:
+            return None if path is None else _read(path)
+
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.ca_file),
+            private_key=read(self.key_file),
+            certificate_chain=read(self.cert_file),
+        )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """An HTTPS client context (certificate files are read here: errors name the file)."""
+        for path in (self.ca_file, self.cert_file, self.key_file):
+            if path is not None:
+                _read(path)
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_file is not None:
+            context.load_cert_chain(self.cert_file, self.key_file)
+        if not self.verify_host or not self.verify_peer:
+            context.check_hostname = False
+        if not self.verify_peer:
+            context.verify_mode = ssl.CERT_NONE
+        return context
+
+
+def _gevent_https(conn: Connection) -> dict[str, Any]:
+    """tritonclient.http's (geventhttpclient's) TLS arguments for ``conn``."""
+    import gevent.ssl
+
+    def factory(cafile: str | None = None) -> Any:
+        context = gevent.ssl.create_default_context(cafile=cafile)
+        if not conn.verify_peer:
+            context.check_hostname = False
+            context.verify_mode = gevent.ssl.CERT_NONE
+        return context
+
+    options: dict[str, Any] = {}
+    if conn.ca_file is not None:
+        options["ca_certs"] = conn.ca_file
+    if conn.cert_file is not None:
+        options.update(certfile=conn.cert_file, keyfile=conn.key_file)
+    return {
+        "ssl": True,
+        "ssl_options": options,
+        "ssl_context_factory": factory,
+        "insecure": not (conn.verify_host and conn.verify_peer),
+    }
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as err:
+        msg = f"cannot read {path}: {err.strerror}"
+        raise ValueError(msg) from None
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """perf_analyzer's ``-H 'Name:Value'`` (spaces around the value dropped)."""
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip() or any(c in name for c in " \t\r\n"):
+        msg = f"a header is 'Name:Value', got {text!r}"
+        raise ValueError(msg)
+    return name.strip(), value.strip()
 
 
 @dataclass(frozen=True)
@@ -113,27 +216,55 @@ def stats_from_json(doc: Mapping[str, Any], version: str = "") -> ServerStats:
 class Control:
     """Synchronous control requests to one server over ``protocol`` (``grpc`` or ``http``)."""
 
-    def __init__(self, protocol: str, url: str, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        protocol: str,
+        url: str,
+        *,
+        timeout: float = 30.0,
+        connection: Connection | None = None,
+    ) -> None:
         if protocol not in PROTOCOLS:
             msg = f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}"
             raise ValueError(msg)
         self.protocol = protocol
         self.url = url
         self.timeout = timeout
+        self.connection = conn = connection or Connection()
         if protocol == "grpc":
             import tritonclient.grpc as grpcclient
 
-            self._client: Any = grpcclient.InferenceServerClient(url)
+            tls: dict[str, Any] = {}
+            if conn.tls:
+                for path in (conn.ca_file, conn.cert_file, conn.key_file):
+                    if path is not None:
+                        _read(path)  # tritonclient reads them too, with a less clear error
+                tls = {
+                    "ssl": True,
+                    "root_certificates": conn.ca_file,
+                    "private_key": conn.key_file,
+                    "certificate_chain": conn.cert_file,
+                }
+            self._client: Any = grpcclient.InferenceServerClient(url, **tls)
         else:
             import tritonclient.http as httpclient
 
+            https: dict[str, Any] = {}
+            if conn.tls:
+                conn.ssl_context()  # the files and settings checked once, with clear errors
+                https = _gevent_https(conn)
             self._client = httpclient.InferenceServerClient(
-                url, connection_timeout=timeout, network_timeout=timeout
+                url, connection_timeout=timeout, network_timeout=timeout, **https
             )
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         if self.protocol == "grpc":
             kwargs.setdefault("client_timeout", self.timeout)
+        if self.connection.headers:
+            headers = self.connection.header_dict
+            if self.protocol == "grpc":  # gRPC metadata keys are lower-case
+                headers = dict(self.connection.grpc_metadata or ())
+            kwargs.setdefault("headers", headers)
         return getattr(self._client, name)(*args, **kwargs)
 
     def live(self) -> bool:

@@ -27,11 +27,12 @@ import contextlib
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from pysonic.perf._control import Connection
 from pysonic.perf._inputs import TensorInfo
 from pysonic.protocol.datatypes import BYTES, element_size, from_numpy_dtype, serialize_bytes
 
@@ -60,6 +61,7 @@ class TargetSpec:
     max_message_bytes: int = 256 * 1024 * 1024
     batch_size: int = 0  #: rows per request; 0: the first input's first dimension
     binary_data: bool = True  #: HTTP: tensors in Triton's binary extension (False: JSON)
+    connection: Connection = field(default_factory=Connection)  #: TLS, extra headers (tokens)
 
     @property
     def batch(self) -> int:
@@ -97,7 +99,7 @@ class _SystemShm:
         from pysonic.perf._control import Control
 
         self._shm = shm
-        self._control = Control(spec.protocol, spec.url)
+        self._control = Control(spec.protocol, spec.url, connection=spec.connection)
         self._handles: list[tuple[str, Any]] = []
         tag = f"pysonic_perf_{os.getpid()}_{id(self) & 0xFFFF:x}"
         #: per set: input name -> (region, byte size, offset)
@@ -214,7 +216,13 @@ class GrpcSender:
             ("grpc.max_receive_message_length", spec.max_message_bytes),
             ("grpc.max_send_message_length", spec.max_message_bytes),
         ]
-        self._channel = grpc.aio.insecure_channel(spec.url, options=options)
+        if spec.connection.tls:
+            self._channel = grpc.aio.secure_channel(
+                spec.url, spec.connection.grpc_credentials(), options=options
+            )
+        else:
+            self._channel = grpc.aio.insecure_channel(spec.url, options=options)
+        self._metadata = spec.connection.grpc_metadata
         self._call = self._channel.unary_unary(
             _SERVICE, request_serializer=None, response_deserializer=None
         )
@@ -236,7 +244,7 @@ class GrpcSender:
             payload = self._headers[set_index][slot]
         t1 = now()
         try:
-            raw = await self._call(payload, timeout=self.spec.timeout_s)
+            raw = await self._call(payload, timeout=self.spec.timeout_s, metadata=self._metadata)
         except self._rpc_error as err:
             raise RequestFailed(f"{err.code().name}: {err.details()}") from None
         t2 = now()
@@ -317,11 +325,16 @@ class HttpSender:
         path = f"/v2/models/{quote(spec.model)}"
         if spec.version:
             path += f"/versions/{quote(spec.version)}"
-        self._uri = f"http://{spec.url}{path}/infer"
+        conn = spec.connection
+        self._uri = f"{'https' if conn.tls else 'http'}://{spec.url}{path}/infer"
         timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
         self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=0), timeout=timeout
+            connector=aiohttp.TCPConnector(limit=0, ssl=conn.ssl_context() if conn.tls else False),
+            timeout=timeout,
         )
+        # identity: aiohttp asks for gzip by default, and the server then compresses every
+        # response (measured: 9 ms of gzip per 144 KB output), which perf_analyzer never asks for
+        self._base_headers = {**conn.header_dict, "Accept-Encoding": "identity"}
         self._client_error = (aiohttp.ClientError, asyncio.TimeoutError)
 
     async def infer(self, set_index: int, slot: int) -> tuple[int, int]:
@@ -329,9 +342,7 @@ class HttpSender:
         t0 = now()
         outputs = self._outputs[slot % len(self._outputs)]
         body, json_size = self._client_cls.generate_request_body(self._inputs[set_index], outputs)
-        # identity: aiohttp asks for gzip by default, and the server then compresses every
-        # response (measured: 9 ms of gzip per 144 KB output), which perf_analyzer never asks for
-        headers = {"Accept-Encoding": "identity"}
+        headers = self._base_headers.copy()
         if json_size is not None:
             headers["Inference-Header-Content-Length"] = str(json_size)
         t1 = now()

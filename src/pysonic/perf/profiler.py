@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pysonic.perf._control import Control, ServerStats
+from pysonic.perf._control import Connection, Control, ServerStats
 from pysonic.perf._engine import LoadLevel, LoadRunner, Records
 from pysonic.perf._inputs import ModelIO, make_input_sets
 from pysonic.perf._senders import TargetSpec
@@ -320,6 +320,7 @@ class PerfOptions:
     settings: ProfileSettings = ProfileSettings()  # -p, -s, --max-trials, --percentile, -l
     processes: int = 1  #: load processes (pysonic's own option)
     binary_data: bool = True  #: HTTP tensors in the binary extension (False: JSON data)
+    connection: Connection = field(default_factory=Connection)  # --ssl-*, -H
 
 
 @dataclass
@@ -356,7 +357,7 @@ def run_perf(
     progress: Callable[[LoadLevel, int, WindowResult], None] | None = None,
 ) -> PerfReport:
     """Read the model's config, build the inputs, measure every level (see the module doc)."""
-    with Control(options.protocol, options.url) as control:
+    with Control(options.protocol, options.url, connection=options.connection) as control:
         io = ModelIO.from_config(control.model_config(options.model, options.version))
         sets = make_input_sets(
             io, batch=options.batch, shapes=options.shapes, data=options.input_data
@@ -372,6 +373,7 @@ def run_perf(
             output_shm_size=options.output_shm_size,
             batch_size=options.batch if io.max_batch_size > 0 else 1,
             binary_data=options.binary_data,
+            connection=options.connection,
         )
         before = control.statistics(options.model, options.version)
         results, totals = profile(
