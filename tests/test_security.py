@@ -588,6 +588,42 @@ port = {secure_server.server.grpc_port}
     assert SiteConfig.from_env(env).servers[0].token == INFER_TOKEN
 
 
+def test_balanced_site_reports_refused_credentials(
+    secure_server: EmbeddedServer, pki: Pki, tmp_path: Path
+) -> None:
+    """Two servers (one server under two names) behind the client's balancer: a wrong token is
+    reported as such, not as 'no server can serve the model'; the right one works."""
+    port = secure_server.server.grpc_port
+    token_file = tmp_path / "token"
+    site_file = tmp_path / "site.toml"
+    site_file.write_text(
+        f"""
+token_file = "{token_file}"
+tls = {{ ca_file = "{pki.ca}", cert_file = "{pki.client_cert}", key_file = "{pki.client_key}" }}
+
+[[servers]]
+address = "127.0.0.1"
+port = {port}
+
+[[servers]]
+address = "localhost"
+port = {port}
+"""
+    )
+    token_file.write_text("not-the-token\n")
+    site = SiteConfig.from_env({"PYSONIC_SITE_CONFIG": str(site_file)})
+    with (
+        connect(SonicConfig("dense", timeout=10), site) as client,
+        pytest.raises(UnauthenticatedError, match="refused this client's credentials"),
+    ):
+        client.infer({"x": X})
+    token_file.write_text(INFER_TOKEN + "\n")
+    site = SiteConfig.from_env({"PYSONIC_SITE_CONFIG": str(site_file)})
+    with connect(SonicConfig("dense", timeout=10), site) as client:
+        for _ in range(4):
+            assert client.infer({"x": X})["probs"].shape == (2, 4)
+
+
 # ------------------------------------------------- pysonic perf with perf_analyzer's TLS options
 def run_perf_cli(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], Path]:
     out = tmp_path / f"perf-{len(list(tmp_path.iterdir()))}.json"

@@ -29,7 +29,12 @@ from tritonclient.grpc import model_config_pb2, service_pb2
 
 from pysonic.client._metrics import ClientMetrics
 from pysonic.client._transport import AsyncTransport, GrpcTransport
-from pysonic.errors import PysonicError, UnavailableError
+from pysonic.errors import (
+    PermissionDeniedError,
+    PysonicError,
+    UnauthenticatedError,
+    UnavailableError,
+)
 from pysonic.protocol.types import InferRequest, InferResponse
 
 __all__ = ["Balanced", "ServerStatus"]
@@ -54,6 +59,8 @@ class ServerStatus:
     stats_at: float = 0.0
     last_stats: dict[str, tuple[int, int]] = field(default_factory=dict)
     probing: asyncio.Task[None] | None = None
+    #: the server refused this client's credentials at the last probe (a bad or missing token)
+    refused: PysonicError | None = None
 
     @property
     def name(self) -> str:
@@ -98,11 +105,17 @@ class Balanced(AsyncTransport):
                 s.models = None
                 return
             index = await s.transport.repository_index(timeout=2.0)
+        except (UnauthenticatedError, PermissionDeniedError) as err:
+            # up, but not for us: a configuration error to report, not an outage to wait out
+            log.warning("server %s refused the credentials: %s", s.name, err.message)
+            s.models, s.refused = None, err
+            return
         except PysonicError as err:
             log.info("server %s unreachable: %s", s.name, err.message)
             s.models = None
             return
         s.models = {m.name for m in index if m.state == "READY"}
+        s.refused = None
 
     async def discover(self) -> dict[str, list[str]]:
         """Probe every server now; returns model -> server names."""
@@ -167,6 +180,13 @@ class Balanced(AsyncTransport):
         s = self._pick(request.model_name, exclude, now)
         if s is None:
             have = [x.name for x in self.servers if x.models and request.model_name in x.models]
+            refused = [x for x in self.servers if x.refused is not None]
+            if not have and refused:
+                err = refused[0].refused
+                assert err is not None
+                names = ", ".join(x.name for x in refused)
+                msg = f"server(s) {names} refused this client's credentials: {err.message}"
+                raise type(err)(msg, server=refused[0].name)
             msg = (
                 f"no server can serve model '{request.model_name}' now (with the model: "
                 f"{', '.join(have) or 'none'}; excluded: {', '.join(sorted(exclude)) or 'none'})"
