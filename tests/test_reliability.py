@@ -194,6 +194,47 @@ def test_per_client_limit(limited: ServerProcess) -> None:
     assert other == "OK"
 
 
+def test_per_client_limit_on_a_stream(limited: ServerProcess) -> None:
+    """ModelStreamInfer is admitted per message: over the client's limit a message gets an error
+    response at once, the stream stays open, and once the others finish it is served again."""
+    x = _x()
+
+    async def run() -> list[tuple[str, str]]:
+        first_four_done = asyncio.Event()
+        answers: list[tuple[str, str]] = []
+
+        async def requests():  # tritonclient's request iterator (dicts of infer() kwargs)
+            for i in range(6):
+                yield {
+                    "model_name": "slow",
+                    "inputs": [_grpc_input(x, aioclient)],
+                    "request_id": f"r{i}",
+                }
+            await first_four_done.wait()
+            yield {"model_name": "slow", "inputs": [_grpc_input(x, aioclient)], "request_id": "r6"}
+
+        async with aioclient.InferenceServerClient(limited.grpc_url) as client:
+            stream = client.stream_infer(requests(), headers={"pysonic-client-id": "streamer"})
+            async for result, error in stream:
+                if error is not None:
+                    answers.append(("error", str(error)))
+                else:
+                    answers.append(("ok", result.get_response().id))
+                if sum(kind == "ok" for kind, _ in answers) == 4:
+                    first_four_done.set()
+                if len(answers) == 7:
+                    break
+        return answers
+
+    answers = asyncio.run(asyncio.wait_for(run(), 30))
+    errors = [text for kind, text in answers if kind == "error"]
+    served = [rid for kind, rid in answers if kind == "ok"]
+    assert len(errors) == 2, answers
+    assert all("already has 4 requests in flight" in e for e in errors), errors
+    assert [kind for kind, _ in answers[:2]] == ["error", "error"]  # refused at once
+    assert sorted(served) == ["r0", "r1", "r2", "r3", "r6"]
+
+
 def _raw_http(port: int, head: bytes, body: bytes = b"") -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port), timeout=10)
     sock.sendall(head + body)
