@@ -17,20 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from onnx import TensorProto
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: conftest's builders
 
-from conftest import (
-    ADD_SUB_CONFIG,
-    DENSE_CONFIG,
-    RESHAPE_CONFIG,
-    add_sub_model,
-    dense_model,
-    identity_config,
-    identity_model,
-    save_model,
-)
+from conftest import build_repository
 from pysonic.protocol.shm import SharedMemoryRegistry
 from pysonic.repository import ModelRepository
 from pysonic.server.core import InferenceCore
@@ -62,36 +52,6 @@ MODELS: dict[str, list[ModelInput]] = {
     "variable": [ModelInput("INPUT0", "FP32", (2, 5))],
     "reshaped": [ModelInput("INPUT0", "FP32", (1, 4))],
 }
-
-
-def _build_repository(repo: Path) -> None:
-    save_model(repo, "dense", dense_model(), DENSE_CONFIG)
-    save_model(repo, "add_sub", add_sub_model(), ADD_SUB_CONFIG)
-    for name, elem, dtype in (
-        ("identity_bytes", TensorProto.STRING, "TYPE_STRING"),
-        ("identity_fp16", TensorProto.FLOAT16, "TYPE_FP16"),
-        ("identity_bf16", TensorProto.BFLOAT16, "TYPE_BF16"),
-        ("identity_bool", TensorProto.BOOL, "TYPE_BOOL"),
-        ("identity_int8", TensorProto.INT8, "TYPE_INT8"),
-    ):
-        dims = "[2]" if name == "identity_bytes" else "[3]"
-        shape = ["N", 2] if name == "identity_bytes" else ["N", 3]
-        save_model(repo, name, identity_model(elem, shape), identity_config(name, dtype, 8, dims))
-    save_model(
-        repo,
-        "nobatch",
-        identity_model(TensorProto.INT32, [2, 3]),
-        identity_config("nobatch", "TYPE_INT32", 0, "[2, 3]"),
-    )
-    save_model(
-        repo,
-        "variable",
-        identity_model(TensorProto.FLOAT, ["N", "M"]),
-        identity_config("variable", "TYPE_FP32", 8, "[-1]").replace(
-            "max_batch_size: 8", "max_batch_size: 8\ndynamic_batching { }"
-        ),
-    )
-    save_model(repo, "reshaped", identity_model(TensorProto.FLOAT, ["N", 2, 2]), RESHAPE_CONFIG)
 
 
 def sample(inp: ModelInput, rng: np.random.Generator) -> np.ndarray:
@@ -129,8 +89,8 @@ def start_core(workdir: Path) -> Fuzzed:
     # as in the test suite: a numpy RuntimeWarning (overflow in a cast, ...) is a finding
     warnings.simplefilter("error")
     repo = workdir / "repo"
-    if not repo.exists():
-        _build_repository(repo)
+    if not repo.exists():  # the test suite's repository; only MODELS are loaded
+        build_repository(repo)
     key = f"/{SHM_PREFIX}{os.getpid()}"
     shm_file = Path("/dev/shm") / key.lstrip("/")
     shm_file.write_bytes(bytes(range(256)) * 16)
