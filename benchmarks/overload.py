@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.table import Table
 from tritonclient.utils import InferenceServerException
 
+import _raw_http as raw_http  # benchmarks/ is on sys.path when a script there runs
 from pysonic.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,17 +92,11 @@ def _http(x: np.ndarray, tensor: str = "x") -> list[httpclient.InferInput]:
 
 
 def _raw_status(port: int, head: bytes, *, keep: bool = False) -> tuple[int, socket.socket]:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(head)
-    data = b""
-    while b"\r\n" not in data:
-        chunk = sock.recv(4096)
-        if not chunk:
-            break
-        data += chunk
+    sock = raw_http.send(port, head)
+    code = raw_http.status(sock)
     if not keep:
         sock.close()
-    return int(data.split(b" ", 2)[1]), sock
+    return code, sock
 
 
 def _head(port: int, length: int, model: str = "hold_wide", expect: bool = False) -> bytes:

@@ -29,7 +29,6 @@ import argparse
 import itertools
 import json
 import random
-import socket
 import statistics
 import threading
 import time
@@ -46,6 +45,7 @@ from rich.console import Console
 from rich.table import Table
 from tritonclient.utils import InferenceServerException
 
+import _raw_http as raw_http  # benchmarks/ is on sys.path when a script there runs
 from pysonic.server import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,15 +219,8 @@ def tagger_stream(url: str, rec: Recorder, rate: float, stop: threading.Event) -
 
 
 def _raw_http(port: int, request: bytes) -> int:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(request)
-        data = b""
-        while b"\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return int(data.split(b" ", 2)[1]) if data else 0
+    with raw_http.send(port, request) as sock:
+        return raw_http.status(sock)
 
 
 def bad_stream(grpc_url: str, http_port: int, rec: Recorder, stop: threading.Event) -> None:
