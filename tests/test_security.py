@@ -550,22 +550,24 @@ def test_shared_memory_needs_permission_and_an_allowed_key(
             shm.destroy_shared_memory_region(h)
 
 
+def write_site(tmp_path: Path, pki: Pki, token_file: Path, port: int, hosts: list[str]) -> Path:
+    """A site file: the token file and mutual TLS for every server, one server per host."""
+    servers = "".join(f'\n[[servers]]\naddress = "{h}"\nport = {port}\n' for h in hosts)
+    site_file = tmp_path / "site.toml"
+    site_file.write_text(
+        f'token_file = "{token_file}"\n'
+        f'tls = {{ ca_file = "{pki.ca}", cert_file = "{pki.client_cert}", '
+        f'key_file = "{pki.client_key}" }}\n{servers}'
+    )
+    return site_file
+
+
 def test_pysonic_client_from_a_site_file(
     secure_server: EmbeddedServer, pki: Pki, tmp_path: Path
 ) -> None:
     token_file = tmp_path / "token"
     token_file.write_text(INFER_TOKEN + "\n")
-    site_file = tmp_path / "site.toml"
-    site_file.write_text(
-        f"""
-token_file = "{token_file}"
-tls = {{ ca_file = "{pki.ca}", cert_file = "{pki.client_cert}", key_file = "{pki.client_key}" }}
-
-[[servers]]
-address = "127.0.0.1"
-port = {secure_server.server.grpc_port}
-"""
-    )
+    site_file = write_site(tmp_path, pki, token_file, secure_server.server.grpc_port, ["127.0.0.1"])
     site = SiteConfig.from_env({"PYSONIC_SITE_CONFIG": str(site_file)})
     assert site.servers[0].token == INFER_TOKEN
     assert INFER_TOKEN not in repr(site)
@@ -593,23 +595,9 @@ def test_balanced_site_reports_refused_credentials(
 ) -> None:
     """Two servers (one server under two names) behind the client's balancer: a wrong token is
     reported as such, not as 'no server can serve the model'; the right one works."""
-    port = secure_server.server.grpc_port
     token_file = tmp_path / "token"
-    site_file = tmp_path / "site.toml"
-    site_file.write_text(
-        f"""
-token_file = "{token_file}"
-tls = {{ ca_file = "{pki.ca}", cert_file = "{pki.client_cert}", key_file = "{pki.client_key}" }}
-
-[[servers]]
-address = "127.0.0.1"
-port = {port}
-
-[[servers]]
-address = "localhost"
-port = {port}
-"""
-    )
+    port = secure_server.server.grpc_port
+    site_file = write_site(tmp_path, pki, token_file, port, ["127.0.0.1", "localhost"])
     token_file.write_text("not-the-token\n")
     site = SiteConfig.from_env({"PYSONIC_SITE_CONFIG": str(site_file)})
     with (
