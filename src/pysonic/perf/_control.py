@@ -72,11 +72,16 @@ class Connection:
             certificate_chain=read(self.cert_file),
         )
 
-    def ssl_context(self) -> ssl.SSLContext:
-        """An HTTPS client context (certificate files are read here: errors name the file)."""
+    def check_files(self) -> None:
+        """Read every certificate file once, so a missing one is a ValueError naming it
+        (tritonclient's and ssl's own errors do not)."""
         for path in (self.ca_file, self.cert_file, self.key_file):
             if path is not None:
                 _read(path)
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """An HTTPS client context."""
+        self.check_files()
         context = ssl.create_default_context(cafile=self.ca_file)
         if self.cert_file is not None:
             context.load_cert_chain(self.cert_file, self.key_file)
@@ -236,9 +241,7 @@ class Control:
 
             tls: dict[str, Any] = {}
             if conn.tls:
-                for path in (conn.ca_file, conn.cert_file, conn.key_file):
-                    if path is not None:
-                        _read(path)  # tritonclient reads them too, with a less clear error
+                conn.check_files()
                 tls = {
                     "ssl": True,
                     "root_certificates": conn.ca_file,
@@ -251,7 +254,7 @@ class Control:
 
             https: dict[str, Any] = {}
             if conn.tls:
-                conn.ssl_context()  # the files and settings checked once, with clear errors
+                conn.check_files()
                 https = _gevent_https(conn)
             self._client = httpclient.InferenceServerClient(
                 url, connection_timeout=timeout, network_timeout=timeout, **https
