@@ -32,6 +32,7 @@ from _chart import (
     pod_targets,
     render,
 )
+from pysonic.cluster import haproxy_binary
 
 helm = pytest.importorskip("helm_python", reason="pip install 'pysonic[test]' (helm-python-sdk)")
 kubernetes_validate = pytest.importorskip("kubernetes_validate")
@@ -365,7 +366,7 @@ def test_haproxy_config() -> None:
     assert "option redispatch" in cfg
     assert "http-check send meth GET uri /v2/health/ready" in cfg
     assert f"{RELEASE}-pysonic-server-headless.{NAMESPACE}.svc.cluster.local:8001" in cfg
-    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+    haproxy = haproxy_binary()
     if haproxy is None:
         pytest.skip("haproxy is not installed (apt-get install haproxy): config not checked")
     check = subprocess.run(

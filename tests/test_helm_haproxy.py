@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -25,6 +24,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from _chart import find, free_port, render
+from pysonic.cluster import haproxy_binary
 from pysonic.server.process import ServerProcess
 
 pytest.importorskip("helm_python", reason="pip install 'pysonic[test]' (helm-python-sdk)")
@@ -117,7 +117,7 @@ def _executions(server: ServerProcess) -> int:
 def test_chart_haproxy_config_balances_and_survives_a_dead_server(
     servers: list[ServerProcess], tmp_path: Path
 ) -> None:
-    haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+    haproxy = haproxy_binary()
     if haproxy is None:
         pytest.skip("haproxy is not installed (apt-get install haproxy)")
     values = {"loadBalancer": {"type": "haproxy", "healthCheck": {"interval": "1s"}}}
