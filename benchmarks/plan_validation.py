@@ -29,9 +29,14 @@ console = Console()
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="k = 1, 3; fewer events (~2 min)")
+    ap.add_argument("--quick", action="store_true", help="k = 1, 3; fewer events (about a minute)")
     ap.add_argument("--ks", default="", help="comma-separated job counts (default 1,2,3,4)")
     ap.add_argument("--events", type=int, help="events per job")
+    ap.add_argument(
+        "--server-instances",
+        type=int,
+        help="instances per model on the server (default: one per server core)",
+    )
     ap.add_argument("--json", type=Path)
     ap.add_argument("--plot", type=Path, default=ROOT / "out" / "plan_validation.png")
     args = ap.parse_args()
@@ -49,6 +54,7 @@ def main() -> None:
         repository=ROOT / "model_repository",
         perf=perf,
         perf_concurrency=(1, 2, 4),
+        server_instances=args.server_instances,
     )
     start = time.monotonic()
     result = validate(settings, progress=lambda s: console.print(f"[dim]{s}[/dim]"))
@@ -57,7 +63,8 @@ def main() -> None:
         f"p = {m.p:.3f}, t_CPU = {m.t_cpu * 1e3:.2f} ms, t_GPU = {m.t_gpu * 1e3:.2f} ms, "
         f"t_latency = {m.t_latency * 1e3:.3f} ms, t_ideal = {m.t_ideal * 1e3:.2f} ms, "
         f"saturation at {m.saturation_jobs:.2f} jobs; server cores "
-        f"{result.inputs['server_cores']}, client cores {result.inputs['client_cores']}"
+        f"{result.inputs['server_cores']} ({result.inputs['server_instances']} instance(s) per "
+        f"model), client cores {result.inputs['client_cores']}"
     )
     for name, kind in result.inputs["request_kinds"].items():
         console.print(

@@ -35,6 +35,8 @@ def test_planner_predicts_real_jobs_against_one_server() -> None:
     assert 0.5 < m.p < 1.0  # the miniAOD-like workflow is inference-dominated
     assert m.t_gpu > 0
     assert m.t_latency < 0.01
+    # one instance per server core: the server works through a queue, as the model assumes
+    assert result.inputs["server_instances"] == len(result.inputs["server_cores"])
     one, three = result.rows
     assert not m.saturated(1)
     assert m.saturated(3)

@@ -43,6 +43,7 @@ __all__ = [
     "TuneResult",
     "TuneSettings",
     "config_with",
+    "link_model",
     "parse_sizes",
     "plot_tune",
     "tune",
@@ -178,6 +179,15 @@ def config_with(base_text: str, values: dict[str, Any]) -> str:
     return config_to_text(cfg)
 
 
+def link_model(repo: Path, model: str, where: Path, config_text: str) -> None:
+    """Put ``model`` into repository ``where`` with ``config_text``, its versions symlinked."""
+    (where / model).mkdir()
+    for entry in (repo / model).iterdir():
+        if entry.name != "config.pbtxt":
+            (where / model / entry.name).symlink_to(entry.resolve())
+    (where / model / "config.pbtxt").write_text(config_text)
+
+
 def _valid(values: dict[str, Any], base_mbs: int) -> bool:
     mbs = values["max_batch_size"] if values["max_batch_size"] is not None else base_mbs
     pref = values["preferred_batch_size"] or ()
@@ -192,11 +202,7 @@ def _measure(
     base = (repo / model / "config.pbtxt").read_text()
     cand = Candidate(values, config_with(base, values))
     where = Path(tempfile.mkdtemp(prefix="cand-", dir=work))
-    (where / model).mkdir()
-    for entry in (repo / model).iterdir():
-        if entry.name != "config.pbtxt":
-            (where / model / entry.name).symlink_to(entry.resolve())
-    (where / model / "config.pbtxt").write_text(cand.config_text)
+    link_model(repo, model, where, cand.config_text)
     try:
         with ServerProcess(where, models=[model]) as server, Control("grpc", server.grpc_url) as c:
             io = ModelIO.from_config(c.model_config(model))

@@ -4,7 +4,11 @@ The experiment, all with real processes:
 
 1. one ``pysonic serve`` (ParticleNet-Lite, ParT, DeepMET) pinned to ``server_cores``: the
    "coprocessor". On a CPU server ``t_GPU`` is simply the server's time per event: its cores
-   play the GPU, so they must not be shared with the jobs, hence the pinning;
+   play the GPU, so they must not be shared with the jobs, hence the pinning. Each model runs
+   one instance per server core (``server_instances``), so the server works through its queue
+   as the model assumes: with more instances than cores, two jobs' requests run side by side at
+   half speed, finish together, and the jobs then do their CPU work at the same time while the
+   server idles (measured: k = 2 at -18% with two instances on one core, -6% with one);
 2. one job with every ML module direct (in-process, one thread) on ``client_cores`` gives the
    timing report, hence ``p`` and ``t_CPU``, and the jets per event;
 3. the load generator measures the server's saturated throughput for each request kind the
@@ -48,6 +52,7 @@ from pysonic.perf._inputs import ModelIO, make_input_sets
 from pysonic.perf._senders import TargetSpec
 from pysonic.perf.plan import SonicModel, ping, timing_inputs
 from pysonic.perf.profiler import ProfileSettings, profile
+from pysonic.perf.tune import config_with, link_model
 
 __all__ = ["ValidationResult", "ValidationRow", "ValidationSettings", "validate"]
 
@@ -62,6 +67,7 @@ class ValidationSettings:
     repository: Path = Path("model_repository")
     server_cores: Sequence[int] | None = None  #: default: the upper half of this host's cores
     client_cores: Sequence[int] | None = None  #: default: the rest
+    server_instances: int | None = None  #: instances per model (default: one per server core)
     perf: ProfileSettings = field(
         default_factory=lambda: ProfileSettings(window_ms=1500, max_trials=6, stability_pct=10)
     )
@@ -244,57 +250,74 @@ def _validate(
     say: Callable[[str], None],
 ) -> ValidationResult:
     from pysonic.server.process import ServerProcess
-    from pysonic.workflow import TimingReport
-    from pysonic.workflow._miniaod import ML_MODULES
 
     repo = settings.repository.resolve()
     base = {"repository": str(repo), "streams": 1, "threads": 1, "cores": client_cores}
-    with (
-        tempfile.TemporaryDirectory(prefix="pysonic-validate-") as tmp,
-        ServerProcess(repo, models=list(MODELS)) as server,
-    ):
-        _pin_process(server.proc.pid, server_cores)  # type: ignore[union-attr]
-        work = Path(tmp)
-        say("direct job: p and t_CPU")
-        (direct,) = _run_jobs(1, {**base, "mode": "direct", "events": settings.direct_events}, work)
-        p, t_cpu = timing_inputs(TimingReport.from_dict(direct["report"]), ML_MODULES)
-        ak8, ak4 = np.asarray(direct["ak8_jets"]), np.asarray(direct["ak4_jets"])
-        jets = {
-            "ak8_frac": float((ak8 > 0).mean()),
-            "ak8_batch": max(1.0, round(float(ak8[ak8 > 0].mean()))) if (ak8 > 0).any() else 1,
-            "ak4_frac": float((ak4 > 0).mean()),
-            "ak4_batch": max(1.0, round(float(ak4[ak4 > 0].mean()))) if (ak4 > 0).any() else 1,
-        }
-        say("load generator: t_GPU")
-        pid = server.proc.pid  # type: ignore[union-attr]
-        t_gpu, kinds = _t_gpu(server.grpc_url, pid, jets, settings)
-        t_latency = ping(server.grpc_url)
-        model = SonicModel(p=p, t_cpu=t_cpu, t_gpu=t_gpu, t_latency=t_latency)
-        t_gpu_cpu = sum(k["per_event"] * k["server_cpu_ms_per_request"] for k in kinds.values())
-        model_cpu = replace(model, t_gpu=t_gpu_cpu / 1e3 / len(server_cores))
-        rows = []
-        for k in settings.ks:
-            say(f"{k} sonic-async job(s)")
-            spec = {**base, "mode": "sonic-async", "server": server.grpc_url}
-            cpu0, core0, wall0 = _cpu_s(pid), _cores_busy_s(server_cores), time.monotonic()
-            jobs = _run_jobs(k, {**spec, "events": settings.events}, work)
-            cpu, wall = _cpu_s(pid) - cpu0, (time.monotonic() - wall0) * len(server_cores)
-            server_busy = cpu / wall
-            cores_busy = (_cores_busy_s(server_cores) - core0) / wall
-            rates, seconds = _common_rates(jobs)
-            predicted = model.events_per_s(k)
-            load = k * (1 - p) * t_cpu * float(np.mean(rates)) / len(client_cores)
-            rows.append(
-                ValidationRow(
-                    k, float(np.mean(rates)), predicted, rates, seconds, load,
-                    server_cpu_ms_per_event=cpu / (k * settings.events) * 1e3,
-                    server_busy=server_busy,
-                    server_cores_busy=cores_busy,
-                    predicted_cpu=model_cpu.events_per_s(k),
-                )
-            )  # fmt: skip
+    instances = settings.server_instances or len(server_cores)
+    with tempfile.TemporaryDirectory(prefix="pysonic-validate-") as tmp:
+        served = Path(tmp) / "served"
+        served.mkdir()
+        for name in MODELS:
+            text = (repo / name / "config.pbtxt").read_text()
+            link_model(repo, name, served, config_with(text, {"instance_count": instances}))
+        with ServerProcess(served, models=list(MODELS)) as server:
+            _pin_process(server.proc.pid, server_cores)  # type: ignore[union-attr]
+            return _experiment(settings, server, base, Path(tmp), server_cores, client_cores, say)
+
+
+def _experiment(
+    settings: ValidationSettings,
+    server: Any,
+    base: dict[str, Any],
+    work: Path,
+    server_cores: list[int],
+    client_cores: list[int],
+    say: Callable[[str], None],
+) -> ValidationResult:
+    from pysonic.workflow import TimingReport
+    from pysonic.workflow._miniaod import ML_MODULES
+
+    say("direct job: p and t_CPU")
+    (direct,) = _run_jobs(1, {**base, "mode": "direct", "events": settings.direct_events}, work)
+    p, t_cpu = timing_inputs(TimingReport.from_dict(direct["report"]), ML_MODULES)
+    ak8, ak4 = np.asarray(direct["ak8_jets"]), np.asarray(direct["ak4_jets"])
+    jets = {
+        "ak8_frac": float((ak8 > 0).mean()),
+        "ak8_batch": max(1.0, round(float(ak8[ak8 > 0].mean()))) if (ak8 > 0).any() else 1,
+        "ak4_frac": float((ak4 > 0).mean()),
+        "ak4_batch": max(1.0, round(float(ak4[ak4 > 0].mean()))) if (ak4 > 0).any() else 1,
+    }
+    say("load generator: t_GPU")
+    pid = server.proc.pid  # type: ignore[union-attr]
+    t_gpu, kinds = _t_gpu(server.grpc_url, pid, jets, settings)
+    t_latency = ping(server.grpc_url)
+    model = SonicModel(p=p, t_cpu=t_cpu, t_gpu=t_gpu, t_latency=t_latency)
+    t_gpu_cpu = sum(k["per_event"] * k["server_cpu_ms_per_request"] for k in kinds.values())
+    model_cpu = replace(model, t_gpu=t_gpu_cpu / 1e3 / len(server_cores))
+    rows = []
+    for k in settings.ks:
+        say(f"{k} sonic-async job(s)")
+        spec = {**base, "mode": "sonic-async", "server": server.grpc_url}
+        cpu0, core0, wall0 = _cpu_s(pid), _cores_busy_s(server_cores), time.monotonic()
+        jobs = _run_jobs(k, {**spec, "events": settings.events}, work)
+        cpu, wall = _cpu_s(pid) - cpu0, (time.monotonic() - wall0) * len(server_cores)
+        server_busy = cpu / wall
+        cores_busy = (_cores_busy_s(server_cores) - core0) / wall
+        rates, seconds = _common_rates(jobs)
+        predicted = model.events_per_s(k)
+        load = k * (1 - p) * t_cpu * float(np.mean(rates)) / len(client_cores)
+        rows.append(
+            ValidationRow(
+                k, float(np.mean(rates)), predicted, rates, seconds, load,
+                server_cpu_ms_per_event=cpu / (k * settings.events) * 1e3,
+                server_busy=server_busy,
+                server_cores_busy=cores_busy,
+                predicted_cpu=model_cpu.events_per_s(k),
+            )
+        )  # fmt: skip
     inputs = {
         "server_cores": server_cores,
+        "server_instances": settings.server_instances or len(server_cores),
         "client_cores": client_cores,
         "jets": jets,
         "request_kinds": kinds,
