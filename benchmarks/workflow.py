@@ -6,21 +6,35 @@ local `pysonic serve` process on the same 2 cores, as a job next to a local serv
 alternate within each round and each point is the median of the rounds, so machine drift hits
 every mode alike. Target (the seeds' "no throughput decrease"): sonic-async >= 0.97 x direct.
 
+It also measures what bounds that ratio on these cores whatever the server: the bare Python gRPC
+floor (``_peers/echo_server.py`` on uvloop, which answers ModelInfer by echoing, against a bare
+grpc.aio stub; 1 KB requests at concurrency 4), as CPU per request in the client and the server.
+With ``r`` requests per event (from the server's statistics) and the direct job's CPU per event
+``t``, async / direct can reach at most ``t / (t + r x floor)`` when job and server share every
+core: the "ceiling" it prints.
+
     python benchmarks/workflow.py --quick --json out/workflow.json
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import os
 import statistics
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
+import tritonclient.grpc as triton
 from rich.console import Console
 from rich.table import Table
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
+from _peers import servers
 from pysonic.server import ServerProcess
 from pysonic.workflow._config import DEFAULT_MODULES, WorkflowConfig
 from pysonic.workflow._miniaod import load_payloads, run_workflow
@@ -28,6 +42,44 @@ from pysonic.workflow._miniaod import load_payloads, run_workflow
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("direct", "sonic-async", "sonic-sync", "sonic-pseudoasync")
 console = Console()
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def grpc_floor(requests: int = 3000, concurrency: int = 4) -> dict[str, float]:
+    """CPU microseconds per request of the bare Python gRPC floor, client and server side."""
+    request = service_pb2.ModelInferRequest(model_name="floor")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 256])  # one 1 KB tensor
+    request.raw_input_contents.append(bytes(1024))
+
+    async def load(url: str, n: int) -> None:
+        async with grpc.aio.insecure_channel(url) as channel:
+            stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            left = [n]
+
+            async def worker() -> None:
+                while left[0] > 0:
+                    left[0] -= 1
+                    await stub.ModelInfer(request)
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    with tempfile.TemporaryDirectory() as tmp, servers.echo_server(Path(tmp), uvloop=True) as echo:
+        asyncio.run(load(echo.url, 300))  # warm-up
+        mine, theirs = time.process_time(), _cpu_s(echo.proc.pid)
+        asyncio.run(load(echo.url, requests))
+        client = (time.process_time() - mine) / requests * 1e6
+        server = (_cpu_s(echo.proc.pid) - theirs) / requests * 1e6
+    return {"client_us": client, "server_us": server, "total_us": client + server}
+
+
+def _served_requests(url: str) -> int:
+    with triton.InferenceServerClient(url) as client:
+        stats = client.get_inference_statistics(as_json=True)
+    return sum(int(m["inference_stats"]["success"].get("count", 0)) for m in stats["model_stats"])
 
 
 def main() -> None:
@@ -52,6 +104,8 @@ def main() -> None:
     models = sorted(set(DEFAULT_MODULES.values()))
     results: dict[str, dict[int, list[float]]] = {m: {s: [] for s in args.streams} for m in MODES}
     shares: dict[str, float] = {}
+    direct_cpu: list[float] = []  # the direct job's CPU seconds per event, per run
+    async_requests: list[float] = []  # requests per event of the sonic-async runs
     start = time.monotonic()
     with ServerProcess(args.server_repository or args.repository, models=models) as server:
         for mode in MODES:  # warm-up: sessions, server instances, connections
@@ -60,9 +114,18 @@ def main() -> None:
             for streams in args.streams:
                 for mode in MODES:
                     cfg = replace(base.with_mode(mode), streams=streams)
+                    cpu0, served0 = time.process_time(), _served_requests(server.grpc_url)
                     r = run_workflow(cfg, payloads=payloads, server_url=server.grpc_url)
+                    if mode == "direct":
+                        direct_cpu.append((time.process_time() - cpu0) / n)
+                    if mode == "sonic-async":
+                        async_requests.append((_served_requests(server.grpc_url) - served0) / n)
                     results[mode][streams].append(r.report.events_per_s)
                     shares[mode] = r.inference_share
+    floor = grpc_floor(1500 if args.quick else 4000)
+    t_direct = statistics.median(direct_cpu)
+    per_event = statistics.median(async_requests)
+    ceiling = t_direct / (t_direct + per_event * floor["total_us"] * 1e-6)
     median = {m: {s: statistics.median(v) for s, v in pts.items()} for m, pts in results.items()}
     table = Table(
         title=f"workflow events/s ({n} events, {args.threads} threads, median of {rounds})"
@@ -81,6 +144,11 @@ def main() -> None:
         f"async_over_direct at {top} streams: {async_over_direct:.3f} (target >= 0.97); "
         f"inference share p (direct): {shares['direct']:.2f}; {time.monotonic() - start:.0f} s"
     )
+    console.print(
+        f"bare Python gRPC floor: {floor['client_us']:.0f} us client + {floor['server_us']:.0f} us "
+        f"server CPU per request; {per_event:.2f} requests per event, direct {t_direct * 1e3:.1f} "
+        f"ms CPU per event: async / direct can reach at most {ceiling:.3f} on shared cores"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(
@@ -98,6 +166,10 @@ def main() -> None:
                         str(s): median["sonic-async"][s] / median["direct"][s] for s in args.streams
                     },
                     "inference_share": shares,
+                    "grpc_floor_us_per_request": floor,
+                    "requests_per_event": per_event,
+                    "direct_cpu_ms_per_event": t_direct * 1e3,
+                    "async_over_direct_ceiling": ceiling,
                 },
                 indent=2,
             )
