@@ -271,3 +271,36 @@ def test_bench_direct_cli(tmp_path: Path) -> None:
         ("particlenet_lite", "cpu", "8", "3"),
     ]
     assert (tmp_path / "d.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    ("protocol", "shm"), [("http", "none"), ("grpc", "system"), ("http", "system")]
+)
+def test_http_and_shared_memory_against_pysonic(
+    http_server: EmbeddedServer, protocol: str, shm: str
+) -> None:
+    """perf_analyzer's -i http and --shared-memory system paths, against pysonic's own server."""
+    import tritonclient.grpc as grpcclient
+
+    url = http_server.http_url if protocol == "http" else http_server.grpc_url
+    options = _options(
+        http_server,
+        url=url,
+        protocol=protocol,
+        shared_memory=shm,
+        batch=2,
+        levels=[LoadLevel(concurrency=2)],
+    )
+    report = run_perf(options)
+    (r,) = report.results
+    assert r.errors == 0, r.records.error_samples
+    assert r.requests > 0
+    assert report.totals[1] == 0
+    assert report.server_totals.success_count == report.totals[0]
+    assert report.server_totals.inference_count == 2 * report.totals[0]
+    assert r.server.avg_compute_infer_us > 0
+    assert r.throughput == pytest.approx(2 * r.requests_per_s)
+    # the generator unregisters and unlinks its regions when it is done
+    with grpcclient.InferenceServerClient(http_server.grpc_url) as client:
+        assert not client.get_system_shared_memory_status(as_json=True).get("regions")
+    assert not list(Path("/dev/shm").glob("pysonic_perf_*"))

@@ -1,8 +1,9 @@
 """The load generator's HTTP and system shared-memory paths against a real NVIDIA Triton.
 
-pysonic's server gets HTTP and shared memory from other work; until then these paths are tested
+The same paths against pysonic's own server are in test_perf_loadgen.py; these check them
 against the tritonserver that PyTriton bundles (its own venv, numpy < 2; the generator here talks
-to it over the wire). Skips, saying why, when that venv is absent or Triton cannot start.
+to it over the wire), so that ``pysonic perf`` measures real Triton deployments too. Skips,
+saying why, when that venv is absent or Triton cannot start.
 """
 
 from __future__ import annotations
