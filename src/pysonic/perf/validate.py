@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -53,6 +53,9 @@ from pysonic.perf._senders import TargetSpec
 from pysonic.perf.plan import SonicModel, ping, timing_inputs
 from pysonic.perf.profiler import ProfileSettings, profile
 from pysonic.perf.tune import config_with, link_model
+
+if TYPE_CHECKING:
+    from pysonic.server.process import ServerProcess
 
 __all__ = ["ValidationResult", "ValidationRow", "ValidationSettings", "validate"]
 
@@ -267,7 +270,7 @@ def _validate(
 
 def _experiment(
     settings: ValidationSettings,
-    server: Any,
+    server: ServerProcess,
     base: dict[str, Any],
     work: Path,
     server_cores: list[int],
