@@ -256,7 +256,8 @@ def _validate(
 
     repo = settings.repository.resolve()
     base = {"repository": str(repo), "streams": 1, "threads": 1, "cores": client_cores}
-    instances = settings.server_instances or len(server_cores)
+    instances = settings.server_instances or len(server_cores)  # resolved once, reported as used
+    settings = replace(settings, server_instances=instances)
     with tempfile.TemporaryDirectory(prefix="pysonic-validate-") as tmp:
         served = Path(tmp) / "served"
         served.mkdir()
@@ -320,7 +321,7 @@ def _experiment(
         )  # fmt: skip
     inputs = {
         "server_cores": server_cores,
-        "server_instances": settings.server_instances or len(server_cores),
+        "server_instances": settings.server_instances,
         "client_cores": client_cores,
         "jets": jets,
         "request_kinds": kinds,
