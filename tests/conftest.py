@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -281,3 +282,16 @@ def http_server(repository: Path) -> Iterator[EmbeddedServer]:
     )
     with EmbeddedServer(options) as srv:
         yield srv
+
+
+def check_one_clean_level(report: Any, batch: int) -> None:
+    """The checks every one-level ``run_perf`` report passes whatever the server and protocol:
+    no errors, the server counted exactly the generator's requests, and items = batch x
+    requests."""
+    (r,) = report.results
+    assert r.errors == 0, r.records.error_samples
+    assert r.requests > 0
+    assert report.totals[1] == 0
+    assert report.server_totals.success_count == report.totals[0]
+    assert r.server.avg_compute_infer_us > 0
+    assert r.throughput == pytest.approx(batch * r.requests_per_s)

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import check_one_clean_level
 from pysonic.perf._engine import LoadLevel
 from pysonic.perf.profiler import PerfOptions, ProfileSettings, run_perf
 
@@ -87,14 +88,7 @@ def test_http_and_shared_memory_against_triton(
         levels=[LoadLevel(concurrency=2)],
         settings=FAST,
     )
-    report = run_perf(options)
-    (r,) = report.results
-    assert r.errors == 0, r.records.error_samples
-    assert r.requests > 0
-    assert report.totals[1] == 0
-    assert report.server_totals.success_count == report.totals[0]
-    assert r.server.avg_compute_infer_us > 0
-    assert r.throughput == pytest.approx(2 * r.requests_per_s)
+    check_one_clean_level(run_perf(options), batch=2)
 
 
 def test_shared_memory_regions_are_released(triton: dict[str, str]) -> None:
