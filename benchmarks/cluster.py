@@ -28,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from _delay_proxy import DelayProxy  # benchmarks/ is on sys.path when a script there runs
+from _proc import cpu_seconds
 from pysonic.cluster import LocalCluster, haproxy_binary
 from pysonic.perf import LoadLevel, PerfOptions, ProfileSettings, run_perf
 
@@ -36,11 +37,6 @@ JOBS = Path(__file__).resolve().parent / "_cluster_jobs.py"
 MODEL = "particlenet_lite"
 NS, VETH_HOST, VETH_NS = "pysonic-bench", "pysb-h", "pysb-n"
 HOST_IP, NS_IP = "10.213.0.1", "10.213.0.2"
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _perf(url: str, concurrency: int, quick: bool) -> dict[str, Any]:
@@ -68,9 +64,9 @@ def scaling(quick: bool) -> list[dict[str, Any]]:
                 targets.insert(0, ("direct", f"127.0.0.1:{state.servers[0].grpc_port}"))
             for path, url in targets:
                 for concurrency in (1, 16) if n == 1 else (16,):
-                    cpu0 = _cpu_s(state.haproxy_pid)
+                    cpu0 = cpu_seconds(state.haproxy_pid)
                     level = _perf(url, concurrency, quick)
-                    cpu = _cpu_s(state.haproxy_pid) - cpu0
+                    cpu = cpu_seconds(state.haproxy_pid) - cpu0
                     rows.append(
                         {
                             "servers": n,

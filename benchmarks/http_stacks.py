@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from _proc import cpu_seconds
+
 STACKS = ("asgi", "starlette", "aiohttp", "protocol")
 ROUTE = "/v2/models/echo/infer"
 
@@ -285,12 +287,6 @@ def _summary(latencies: list[float], seconds: float, total: int) -> dict:
     }
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(stack: str, client: str, concurrency: int, seconds: float, warmup: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
@@ -305,7 +301,7 @@ def measure(stack: str, client: str, concurrency: int, seconds: float, warmup: f
                     raise RuntimeError(msg)
                 time.sleep(0.02)  # polling the port file, bounded by the deadline
             url = f"127.0.0.1:{port_file.read_text()}"
-            cpu0 = _cpu_seconds(proc.pid)
+            cpu0 = cpu_seconds(proc.pid)
             if client == "sync":
                 result = closed_loop_sync(url, concurrency, seconds, warmup)
             else:
@@ -313,7 +309,7 @@ def measure(stack: str, client: str, concurrency: int, seconds: float, warmup: f
 
                 result = uvloop.run(closed_loop(url, concurrency, seconds, warmup))
             # the server's CPU per request (warm-up included): what the client's speed hides
-            cpu = _cpu_seconds(proc.pid) - cpu0
+            cpu = cpu_seconds(proc.pid) - cpu0
             result["server_cpu_us"] = 1e6 * cpu / max(result.pop("total_requests"), 1)
             return result
         finally:

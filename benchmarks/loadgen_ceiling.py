@@ -33,18 +33,13 @@ from rich.console import Console
 from rich.table import Table
 
 from _peers import servers
+from _proc import cpu_seconds
 from pysonic.perf._engine import LoadLevel, LoadRunner
 from pysonic.perf._senders import TargetSpec
 from pysonic.server.process import ServerProcess
 
 ROOT = Path(__file__).resolve().parent.parent
 console = Console()
-
-
-def _cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its threads (from /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def window(url: str, pid: int, processes: int, concurrency: int, seconds: float) -> dict[str, Any]:
@@ -55,9 +50,9 @@ def window(url: str, pid: int, processes: int, concurrency: int, seconds: float)
         runner.set_level(LoadLevel(concurrency=concurrency))
         time.sleep(max(0.5, seconds / 4))
         first = runner.take()
-        begin, server0 = time.monotonic_ns(), _cpu_s(pid)
+        begin, server0 = time.monotonic_ns(), cpu_seconds(pid)
         time.sleep(seconds)
-        end, server1 = time.monotonic_ns(), _cpu_s(pid)
+        end, server1 = time.monotonic_ns(), cpu_seconds(pid)
         last = runner.take()
         runner.set_level(None)
     recs = last.ended_between(begin, end)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import ssl
 import statistics
 import tempfile
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from rich.console import Console
 from rich.table import Table
 
+from _proc import cpu_seconds
 from pysonic.client import GrpcTransport, TLSConfig
 from pysonic.protocol.types import InferRequest, InferTensor
 from pysonic.server import ServerProcess
@@ -45,12 +45,6 @@ MODEL = "identity_fp32"
 TOKEN = "benchmark-static-token-0123456789"
 SECRET = "benchmark-hs256-secret-0123456789abcdef0123456789abcdef0123456789"
 console = Console(width=120)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (from /proc): the server's cost, whatever else runs."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def make_pki(d: Path) -> dict[str, Any]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import tempfile
 import time
@@ -35,6 +34,7 @@ from rich.table import Table
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from _peers import servers
+from _proc import cpu_seconds
 from pysonic.server import ServerProcess
 from pysonic.workflow._config import DEFAULT_MODULES, WorkflowConfig
 from pysonic.workflow._miniaod import load_payloads, run_workflow
@@ -42,11 +42,6 @@ from pysonic.workflow._miniaod import load_payloads, run_workflow
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("direct", "sonic-async", "sonic-sync", "sonic-pseudoasync")
 console = Console()
-
-
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def grpc_floor(requests: int = 3000, concurrency: int = 4) -> dict[str, float]:
@@ -69,10 +64,10 @@ def grpc_floor(requests: int = 3000, concurrency: int = 4) -> dict[str, float]:
 
     with tempfile.TemporaryDirectory() as tmp, servers.echo_server(Path(tmp), uvloop=True) as echo:
         asyncio.run(load(echo.url, 300))  # warm-up
-        mine, theirs = time.process_time(), _cpu_s(echo.proc.pid)
+        mine, theirs = time.process_time(), cpu_seconds(echo.proc.pid)
         asyncio.run(load(echo.url, requests))
         client = (time.process_time() - mine) / requests * 1e6
-        server = (_cpu_s(echo.proc.pid) - theirs) / requests * 1e6
+        server = (cpu_seconds(echo.proc.pid) - theirs) / requests * 1e6
     return {"client_us": client, "server_us": server, "total_us": client + server}
 
 
@@ -114,7 +109,8 @@ def main() -> None:
             for streams in args.streams:
                 for mode in MODES:
                     cfg = replace(base.with_mode(mode), streams=streams)
-                    cpu0, served0 = time.process_time(), _served_requests(server.grpc_url)
+                    served0 = _served_requests(server.grpc_url) if mode == "sonic-async" else 0
+                    cpu0 = time.process_time()
                     r = run_workflow(cfg, payloads=payloads, server_url=server.grpc_url)
                     if mode == "direct":
                         direct_cpu.append((time.process_time() - cpu0) / n)
